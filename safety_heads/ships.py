@@ -1,0 +1,241 @@
+"""Ships and generalized Ships: how much ablating one head changes the model (paper, sections 3-4).
+
+Ships (per prompt) scores head h by KL(p_base || p_ablated(h)) of the next-token distribution at the last
+prompt position. Generalized Ships (per prompt set) stacks the last-layer, last-token activations of N
+prompts into an (N, d) matrix, takes its SVD, and scores h by the principal angles (degrees, summed over the
+top r) between the top-r left singular vectors of the intact and the ablated matrix, as the authors' code does.
+
+The fast path rests on one fact: ablating a head in layer l leaves layers 0..l-1 untouched. So one intact
+forward pass records the hidden state (and the keyword arguments) entering every decoder layer; an
+ablation is then replayed from its earliest layer only, with many ablations batched as rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from .ablation import DEFAULT_EPS, Head, Mode, ablate
+from .models import LoadedModel, Template, encode
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+def all_heads(lm: LoadedModel) -> list[Head]:
+    return [(layer, head) for layer in range(lm.n_layers) for head in range(lm.n_heads)]
+
+
+@dataclass
+class BaseRun:
+    """The intact forward pass of one prompt, kept so that ablations can resume at any layer."""
+
+    layer_inputs: list[torch.Tensor]  # per layer: hidden state entering it, (1, T, d)
+    layer_kwargs: list[dict]  # per layer: mask, rotary embeddings, ... as the model passed them
+    last_hidden: torch.Tensor  # final-normed hidden state at the last position, (d,)
+    logits: torch.Tensor  # next-token logits at the last position, (V,)
+
+
+@torch.no_grad()
+def record_base(lm: LoadedModel, input_ids: torch.Tensor) -> BaseRun:
+    """Run one prompt (1, T) intact, recording what enters each decoder layer."""
+    assert input_ids.dim() == 2 and input_ids.shape[0] == 1, input_ids.shape
+    inputs: list[torch.Tensor] = []
+    kwargs: list[dict] = []
+
+    def record(module, args, kw):
+        inputs.append(args[0] if args else kw["hidden_states"])
+        kwargs.append({k: v for k, v in kw.items() if k != "hidden_states"})
+
+    with lm.lock:
+        handles = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in lm.layers]
+        try:
+            out = lm.model(input_ids=input_ids, use_cache=False, output_hidden_states=True)
+        finally:
+            for handle in handles:
+                handle.remove()
+    assert len(inputs) == lm.n_layers
+    return BaseRun(inputs, kwargs, out.hidden_states[-1][0, -1].float(), out.logits[0, -1].float())
+
+
+@torch.no_grad()
+def replay(
+    lm: LoadedModel, base: BaseRun, head_sets: Sequence[Sequence[Head]], mode: Mode, eps: float
+) -> torch.Tensor:
+    """Final-normed last-position hidden states, (B, d), with row b ablating head_sets[b].
+
+    Rows join the batch at the first layer they ablate (before that they equal the intact run), so
+    every row runs exactly the layers its ablation can change, and all rows share each layer's matmuls.
+    """
+    starts = [min((layer for layer, _ in heads), default=lm.n_layers) for heads in head_sets]
+    order = sorted(range(len(head_sets)), key=starts.__getitem__)
+    out = base.last_hidden.expand(len(head_sets), -1).clone()
+    hidden = base.layer_inputs[0][:0]  # (0, T, d): no active rows yet
+    active: list[int] = []
+    for layer in range(min(starts), lm.n_layers):
+        joining = [i for i in order if starts[i] == layer]
+        if joining:
+            active += joining
+            entering = base.layer_inputs[layer].expand(len(joining), -1, -1)  # (b, T, d)
+            hidden = torch.cat([hidden, entering])
+        with ablate(lm, [head_sets[i] for i in active], mode, eps, per_row=True):
+            hidden = lm.layers[layer](hidden, **base.layer_kwargs[layer])
+        if isinstance(hidden, tuple):
+            hidden = hidden[0]
+    if active:
+        out[active] = lm.model.get_decoder().norm(hidden[:, -1]).float().to(out.device)
+    return out
+
+
+def sweep(
+    lm: LoadedModel,
+    base: BaseRun,
+    head_sets: Sequence[Sequence[Head]],
+    mode: Mode,
+    eps: float,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """Replay every head set, in batches of neighbouring start layers; (len(head_sets), d) in input order."""
+    order = sorted(range(len(head_sets)), key=lambda i: min((layer for layer, _ in head_sets[i]), default=0))
+    out = torch.empty(len(head_sets), base.last_hidden.shape[0])
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        out[rows] = replay(lm, base, [head_sets[i] for i in rows], mode, eps).cpu()
+        if progress:
+            progress(min(start + batch_size, len(order)), len(order))
+    return out
+
+
+def kl_from_logits(base_logits: torch.Tensor, ablated_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p_base || p_ablated) in nats, per row of ablated_logits (B, V); computed in float64."""
+    log_p = torch.log_softmax(base_logits.double(), dim=-1)
+    log_q = torch.log_softmax(ablated_logits.double(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0)
+
+
+def _logits(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
+    head = lm.model.get_output_embeddings()
+    return head(hidden.to(device=lm.device, dtype=head.weight.dtype)).float()
+
+
+def _prompt_ids(lm: LoadedModel, prompt: str, template: Template) -> torch.Tensor:
+    return encode(lm, [prompt], template)["input_ids"]
+
+
+def ships(
+    lm: LoadedModel,
+    prompt: str,
+    mode: Mode = "UA",
+    eps: float = DEFAULT_EPS,
+    template: Template = "chat",
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """Ships for every head of one prompt: an (n_layers, n_heads) matrix of KL divergences (fast path)."""
+    base = record_base(lm, _prompt_ids(lm, prompt, template))
+    heads = all_heads(lm)
+    hidden = sweep(lm, base, [[h] for h in heads], mode, eps, batch_size, progress)
+    kl = torch.cat([kl_from_logits(base.logits, _logits(lm, chunk)).cpu() for chunk in hidden.split(batch_size)])
+    return kl.float().view(lm.n_layers, lm.n_heads)
+
+
+@torch.no_grad()
+def ships_naive(
+    lm: LoadedModel, prompt: str, mode: Mode = "UA", eps: float = DEFAULT_EPS, template: Template = "chat"
+) -> torch.Tensor:
+    """The reference: one full forward pass per head. Slow; kept to check the fast path against."""
+    input_ids = _prompt_ids(lm, prompt, template)
+    base_logits = lm.model(input_ids=input_ids, use_cache=False, logits_to_keep=1).logits[0, -1]
+    scores = torch.zeros(lm.n_layers, lm.n_heads)
+    for layer, head in all_heads(lm):
+        with ablate(lm, [(layer, head)], mode, eps):
+            logits = lm.model(input_ids=input_ids, use_cache=False, logits_to_keep=1).logits[:, -1]
+        scores[layer, head] = kl_from_logits(base_logits, logits)[0].float()
+    return scores
+
+
+def aggregate(scores: Sequence[torch.Tensor], k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Over many prompts' (L, H) score matrices: the mean score, and how often each head is in the top k."""
+    stacked = torch.stack(list(scores))  # (N, L, H)
+    flat = stacked.flatten(1)
+    counts = torch.zeros_like(flat[0])
+    counts.index_add_(0, flat.topk(k, dim=1).indices.flatten(), torch.ones(flat.shape[0] * k))
+    return stacked.mean(0), counts.view(stacked.shape[1:])
+
+
+def top_heads(scores: torch.Tensor, k: int = 10) -> list[tuple[Head, float]]:
+    """The k highest-scoring heads of an (L, H) matrix, best first."""
+    values, index = scores.flatten().topk(min(k, scores.numel()))
+    n_heads = scores.shape[1]
+    return [((int(i) // n_heads, int(i) % n_heads), float(v)) for v, i in zip(values, index)]
+
+
+def subspace_angle(base: torch.Tensor, ablated: torch.Tensor, rank: int = 1) -> float:
+    """Sum of the principal angles (degrees) between the top-`rank` left singular vectors of two (N, d) matrices."""
+    assert base.shape == ablated.shape and base.dim() == 2, (base.shape, ablated.shape)
+    assert 1 <= rank <= min(base.shape), rank
+    u_base = np.linalg.svd(base.double().numpy(), full_matrices=False)[0][:, :rank]  # (N, r)
+    u_ablated = np.linalg.svd(ablated.double().numpy(), full_matrices=False)[0][:, :rank]
+    # scipy's algorithm stays accurate for tiny angles, where acos of a cosine near 1 does not.
+    return math.degrees(float(scipy.linalg.subspace_angles(u_base, u_ablated).sum()))
+
+
+@dataclass
+class ActivationSet:
+    """Intact base runs of N prompts; the stacked last-layer, last-token activations are `matrix` (N, d)."""
+
+    bases: list[BaseRun]
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        return torch.stack([b.last_hidden.cpu() for b in self.bases])
+
+
+def record_prompts(
+    lm: LoadedModel, prompts: Sequence[str], template: Template = "chat", progress: Progress | None = None
+) -> ActivationSet:
+    bases = []
+    for i, prompt in enumerate(prompts):
+        bases.append(record_base(lm, _prompt_ids(lm, prompt, template)))
+        if progress:
+            progress(i + 1, len(prompts))
+    return ActivationSet(bases)
+
+
+def subspace_shifts(
+    lm: LoadedModel,
+    acts: ActivationSet,
+    head_sets: Sequence[Sequence[Head]],
+    mode: Mode,
+    eps: float,
+    rank: int = 1,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> list[float]:
+    """For each head set, the subspace angle between the intact and the ablated activation matrix."""
+    ablated = torch.empty(len(head_sets), len(acts.bases), acts.bases[0].last_hidden.shape[0])  # (S, N, d)
+    for n, base in enumerate(acts.bases):
+        ablated[:, n] = sweep(lm, base, head_sets, mode, eps, batch_size)
+        if progress:
+            progress(n + 1, len(acts.bases))
+    matrix = acts.matrix
+    return [subspace_angle(matrix, ablated[s], rank) for s in range(len(head_sets))]
+
+
+def generalized_ships(
+    lm: LoadedModel,
+    acts: ActivationSet,
+    mode: Mode = "UA",
+    eps: float = DEFAULT_EPS,
+    rank: int = 1,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """Generalized Ships for every head: an (n_layers, n_heads) matrix of subspace angles in degrees."""
+    angles = subspace_shifts(lm, acts, [[h] for h in all_heads(lm)], mode, eps, rank, batch_size, progress)
+    return torch.tensor(angles).view(lm.n_layers, lm.n_heads)
