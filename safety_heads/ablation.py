@@ -115,6 +115,7 @@ def make_output_hook(scale: torch.Tensor) -> Callable:
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         return scale_heads(output, scale)
 
+    hook.safety_heads = True  # type: ignore[attr-defined]
     return hook
 
 
@@ -124,12 +125,20 @@ def make_input_hook(scale: torch.Tensor) -> Callable:
     def hook(module: nn.Module, args: tuple) -> tuple:
         return (scale_heads(args[0], scale), *args[1:])
 
+    hook.safety_heads = True  # type: ignore[attr-defined]
     return hook
 
 
 def count_hooks(lm: LoadedModel) -> int:
-    """Hooks attached anywhere in the model; zero whenever no ablation context is open."""
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in lm.model.modules())
+    """This library's hooks attached anywhere in the model; zero whenever no context is open.
+
+    Only hooks marked as ours count: transformers attaches hooks of its own (to capture outputs).
+    """
+    return sum(
+        getattr(hook, "safety_heads", False)
+        for module in lm.model.modules()
+        for hook in (*module._forward_hooks.values(), *module._forward_pre_hooks.values())
+    )
 
 
 @contextmanager
@@ -152,7 +161,9 @@ def ablate(
     for head_set in head_sets:
         for layer, head in head_set:
             if not (0 <= layer < lm.n_layers and 0 <= head < lm.n_heads):
-                raise ValueError(f"Head {layer}-{head} is outside the model ({lm.n_layers} layers, {lm.n_heads} heads)")
+                raise ValueError(
+                    f"Head {layer}-{head} is outside the model ({lm.n_layers} layers, {lm.n_heads} heads)"
+                )
     scales = head_scales(head_sets, lm.n_layers, lm.n_heads, eps)
     with lm.lock:
         handles = []

