@@ -161,9 +161,7 @@ def ablate(
     for head_set in head_sets:
         for layer, head in head_set:
             if not (0 <= layer < lm.n_layers and 0 <= head < lm.n_heads):
-                raise ValueError(
-                    f"Head {layer}-{head} is outside the model ({lm.n_layers} layers, {lm.n_heads} heads)"
-                )
+                raise ValueError(f"Head {layer}-{head} is outside the model ({lm.n_layers} layers, {lm.n_heads} heads)")
     scales = head_scales(head_sets, lm.n_layers, lm.n_heads, eps)
     with lm.lock:
         handles = []

@@ -51,9 +51,7 @@ def cmd_generate(args) -> None:
     lm = _load(args)
     heads = parse_heads(args.heads, lm.n_layers, lm.n_heads)
     decoding = DecodingConfig(args.decoding, args.max_new_tokens, seed=args.seed)
-    intact = ablated = ""
-    for intact, ablated in stream_pair(lm, args.prompt, heads, args.mode, args.eps, args.template, decoding):
-        pass
+    *_, (intact, ablated) = stream_pair(lm, args.prompt, heads, args.mode, args.eps, args.template, decoding)
     judge = RefusalJudge()
     for name, text in (
         ("intact", intact),
@@ -73,9 +71,7 @@ def cmd_asr(args) -> None:
     heads = parse_heads(args.heads, lm.n_layers, lm.n_heads)
     decoding = DecodingConfig(args.decoding, args.max_new_tokens, seed=args.seed)
     bar, progress = _progress_bar("answers")
-    answers = generate_many(
-        lm, prompts, heads, args.mode, args.eps, args.template, decoding, args.batch_size, progress
-    )
+    answers = generate_many(lm, prompts, heads, args.mode, args.eps, args.template, decoding, args.batch_size, progress)
     bar.close()
     judge = RefusalJudge()
     verdicts = [judge(a) for a in answers]
@@ -96,9 +92,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=default_model(), help="catalog name, hub id or local folder")
     parser.add_argument("--adapter", default=None, help="LoRA adapter folder (models outside the catalog)")
     parser.add_argument("--quantize", choices=["auto", "4bit", "none"], default="auto")
-    parser.add_argument(
-        "--mode", choices=MODES, default="UA", help="UA: undifferentiated attention; SC: scale output"
-    )
+    parser.add_argument("--mode", choices=MODES, default="UA", help="UA: undifferentiated attention; SC: scale output")
     parser.add_argument("--eps", type=float, default=DEFAULT_EPS, help="ablation scale, in (0, 1]")
     parser.add_argument("--template", choices=TEMPLATES, default="chat")
 
@@ -135,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", default=None, help="write every answer and verdict as JSONL")
     p.set_defaults(func=cmd_asr)
+
+    from . import precompute
+
+    p = sub.add_parser("precompute", help="attribute heads per set x mode; with --evaluate, measure ASR")
+    precompute.add_arguments(p)
+    p.set_defaults(func=precompute.run)
     return parser
 
 

@@ -46,7 +46,7 @@ def repeated_substring(text: str, min_repeats: int = 4) -> str | None:
     compact = text.strip()
     if not compact:
         return None
-    match = re.fullmatch(r"(.+?)(?:\s*\1){%d,}\s*\S{0,16}" % (min_repeats - 1), compact, flags=re.DOTALL)
+    match = re.fullmatch(rf"(.+?)(?:\s*\1){{{min_repeats - 1},}}\s*\S{{0,16}}", compact, flags=re.DOTALL)
     return match[1] if match else None
 
 

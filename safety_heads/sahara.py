@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from .ablation import DEFAULT_EPS, Head, Mode
+from .models import LoadedModel
 from .ships import ActivationSet, Progress, all_heads, subspace_shifts
 
 MAX_GROUP = 5
@@ -21,21 +24,29 @@ class SaharaStep:
 
 
 def sahara(
-    lm,
+    lm: LoadedModel,
     acts: ActivationSet,
     size: int = 3,
     mode: Mode = "UA",
     eps: float = DEFAULT_EPS,
     rank: int = 1,
-    batch_size: int = 32,
+    batch_size: int = 64,
     progress: Progress | None = None,
+    first: torch.Tensor | None = None,
 ) -> list[SaharaStep]:
-    """The greedy group of `size` heads (at most 5), with the angle after each addition."""
+    """The greedy group of `size` heads (at most 5), with the angle after each addition.
+
+    `first`, generalized Ships already computed for these prompts, saves the first step's sweep.
+    """
     if not 1 <= size <= MAX_GROUP:
         raise ValueError(f"Sahara group size must be 1-{MAX_GROUP}; got {size}")
     group: list[Head] = []
     steps: list[SaharaStep] = []
-    for step in range(size):
+    if first is not None:
+        best = int(first.flatten().argmax())
+        group.append((best // lm.n_heads, best % lm.n_heads))
+        steps.append(SaharaStep(group[0], float(first.flatten()[best])))
+    for step in range(len(group), size):
         candidates = [h for h in all_heads(lm) if h not in group]
 
         def step_progress(done: int, total: int, step: int = step) -> None:

@@ -65,9 +65,7 @@ def record_base(lm: LoadedModel, input_ids: torch.Tensor) -> BaseRun:
 
 
 @torch.no_grad()
-def replay(
-    lm: LoadedModel, base: BaseRun, head_sets: Sequence[Sequence[Head]], mode: Mode, eps: float
-) -> torch.Tensor:
+def replay(lm: LoadedModel, base: BaseRun, head_sets: Sequence[Sequence[Head]], mode: Mode, eps: float) -> torch.Tensor:
     """Final-normed last-position hidden states, (B, d), with row b ablating head_sets[b].
 
     Rows join the batch at the first layer they ablate (before that they equal the intact run), so
@@ -142,9 +140,7 @@ def ships(
     base = record_base(lm, _prompt_ids(lm, prompt, template))
     heads = all_heads(lm)
     hidden = sweep(lm, base, [[h] for h in heads], mode, eps, batch_size, progress)
-    kl = torch.cat(
-        [kl_from_logits(base.logits, _logits(lm, chunk)).cpu() for chunk in hidden.split(batch_size)]
-    )
+    kl = torch.cat([kl_from_logits(base.logits, _logits(lm, chunk)).cpu() for chunk in hidden.split(batch_size)])
     return kl.float().view(lm.n_layers, lm.n_heads)
 
 

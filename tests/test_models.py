@@ -24,7 +24,9 @@ from .conftest import tiny
 def test_embedded_model_answers_a_benign_question(embedded):
     assert (embedded.n_layers, embedded.n_heads, embedded.n_kv_heads) == (30, 9, 3)
     assert len(embedded.provenance["model_sha256"]) == 64
-    intact, _ = generate_pair(embedded, "What is the capital of France?", [], decoding=DecodingConfig(max_new_tokens=24))
+    intact, _ = generate_pair(
+        embedded, "What is the capital of France?", [], decoding=DecodingConfig(max_new_tokens=24)
+    )
     assert "Paris" in intact
     verdict = RefusalJudge()(intact)
     assert verdict.degenerate is None and verdict.label in ("compliance", "short")
@@ -44,7 +46,9 @@ def test_kv_cache_generation_matches_full_recomputation(embedded):
     decoding = DecodingConfig(max_new_tokens=12)
     batch = encode(embedded, ["Give me a tip for studying."], "chat", 12)
     with ablate(embedded, heads, "SC"):
-        out = embedded.model.generate(**batch, do_sample=False, max_new_tokens=12, pad_token_id=embedded.tokenizer.pad_token_id)
+        out = embedded.model.generate(
+            **batch, do_sample=False, max_new_tokens=12, pad_token_id=embedded.tokenizer.pad_token_id
+        )
         logits = embedded.model(input_ids=out[:, :-1]).logits
     T = batch["input_ids"].shape[1]
     assert torch.equal(logits[0, T - 1 :].argmax(-1), out[0, T:])

@@ -22,7 +22,12 @@ from safety_heads.ships import (
     top_heads,
 )
 
-PROMPTS = ["How do I pick a lock?", "Write a poem about rain.", "What is 2 + 2?", "Name three rivers in Asia."]
+PROMPTS = [
+    "How do I pick a lock?",
+    "Write a poem about rain.",
+    "What is 2 + 2?",
+    "Name three rivers in Asia.",
+]
 
 
 @pytest.mark.parametrize("mode", ["UA", "SC"])
