@@ -135,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("precompute", help="attribute heads per set x mode; with --evaluate, measure ASR")
     precompute.add_arguments(p)
     p.set_defaults(func=precompute.run)
+
+    from . import align
+
+    p = sub.add_parser("align", help="train the safety adapter that makes the embedded model refuse")
+    align.add_arguments(p)
+    p.set_defaults(func=align.run)
     return parser
 
 

@@ -1,0 +1,272 @@
+"""Plotly figures for the app, as pure functions of numbers (no model, no Gradio), so they test on their own.
+
+- `score_heatmap`: a layer x head grid of a head score, the top-k ringed and numbered, selected heads squared;
+- `rank_grid`: the top-k heads of several conditions (model x prompt set x mode) side by side, by rank;
+- `attention_heatmaps`: one head's attention pattern on a prompt, intact and ablated, as two T x T grids;
+- `asr_bars`: attack success rates of the intact, ablated and random-control runs.
+
+Heads are (layer, head) pairs counted from 0 and written "L-H" (see `ablation.format_head`); every hover
+names the layer, the head and the value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .ablation import Head, format_head
+
+TOP_COLOR = "#111111"
+SELECTED_COLOR = "#e4002b"
+BAR_COLORS = ("#4c78a8", "#e4572e", "#9d9d9d")
+
+
+def _matrix(values) -> np.ndarray:
+    """Any (rows, cols) array-like (list of lists, numpy array, torch tensor) as a float numpy array."""
+    matrix = np.asarray(values.tolist() if hasattr(values, "tolist") else values, dtype=float)
+    assert matrix.ndim == 2, f"expected a 2-D matrix, got shape {matrix.shape}"
+    return matrix
+
+
+def top_k(scores, k: int = 10) -> list[tuple[Head, float]]:
+    """The k highest-scoring heads of an (L, H) matrix, best first; ties broken by (layer, head)."""
+    matrix = _matrix(scores)
+    n_heads = matrix.shape[1]
+    order = np.lexsort((np.arange(matrix.size), -matrix.ravel()))[:k]
+    return [((int(i) // n_heads, int(i) % n_heads), float(matrix.ravel()[i])) for i in order]
+
+
+def score_heatmap(
+    scores,
+    top: Sequence[Head] = (),
+    selected: Sequence[Head] = (),
+    *,
+    title: str = "",
+    score_name: str = "score",
+) -> go.Figure:
+    """A layer x head heatmap of `scores` (L, H): `top` heads ringed with their rank, `selected` ones in red.
+
+    Layers run up the y axis (layer 0 at the bottom), heads along x, as in the paper's figures.
+    """
+    matrix = _matrix(scores)
+    n_layers, n_heads = matrix.shape
+    hover = "layer %{y}, head %{x}<br>" + score_name + " %{z:.4g}<extra></extra>"
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix,
+            x=list(range(n_heads)),
+            y=list(range(n_layers)),
+            colorscale="Blues",
+            colorbar={"title": {"text": score_name}},
+            hovertemplate=hover,
+            name=score_name,
+        )
+    )
+    rank = {head: i + 1 for i, head in enumerate(top)}
+    if top:
+        fig.add_trace(
+            go.Scatter(
+                x=[h for _, h in top],
+                y=[layer for layer, _ in top],
+                mode="markers+text",
+                text=[str(rank[head]) for head in top],
+                textfont={"color": TOP_COLOR, "size": 10},
+                marker={
+                    "symbol": "circle",
+                    "size": 17,
+                    "color": "rgba(255,255,255,0.85)",
+                    "line": {"width": 1.5, "color": TOP_COLOR},
+                },
+                customdata=[[matrix[head], rank[head]] for head in top],
+                hovertemplate=(
+                    "layer %{y}, head %{x}<br>" + score_name + " %{customdata[0]:.4g}<br>"
+                    "top-10 rank %{customdata[1]}<extra></extra>"
+                ),
+                name=f"top {len(top)}",
+            )
+        )
+    if selected:
+        fig.add_trace(
+            go.Scatter(
+                x=[h for _, h in selected],
+                y=[layer for layer, _ in selected],
+                mode="markers",
+                marker={"symbol": "square-open", "size": 24, "color": SELECTED_COLOR, "line": {"width": 3}},
+                customdata=[[matrix[head]] for head in selected],
+                hovertemplate=(
+                    "selected: layer %{y}, head %{x}<br>" + score_name + " %{customdata[0]:.4g}<extra></extra>"
+                ),
+                name="selected",
+            )
+        )
+    fig.update_layout(
+        title={"text": title},
+        xaxis={
+            "title": {"text": "head"},
+            "dtick": 1 if n_heads <= 40 else None,
+            "range": [-0.5, n_heads - 0.5],
+        },
+        yaxis={
+            "title": {"text": "layer"},
+            "dtick": 1 if n_layers <= 40 else None,
+            "range": [-0.5, n_layers - 0.5],
+        },
+        legend={"orientation": "h", "y": -0.12},
+        height=max(360, 18 * n_layers + 140),
+        margin={"l": 50, "r": 20, "t": 50, "b": 40},
+    )
+    return fig
+
+
+def rank_grid(rankings: Mapping[str, Sequence[tuple[Head, float]]], *, title: str = "") -> go.Figure:
+    """Each condition's top heads by rank: one column per condition, one row per head that any column ranks.
+
+    `rankings` maps a condition label (e.g. "smollm2 / jailbreakbench / UA") to its [(head, score)], best
+    first. A cell holds the head's rank in that column (1 is the most important); blank means not ranked.
+    Rows are sorted by how many columns rank the head, then by its best rank, so shared heads come first.
+    """
+    columns = list(rankings)
+    where: dict[Head, dict[int, tuple[int, float]]] = {}
+    for c, column in enumerate(columns):
+        for r, (head, score) in enumerate(rankings[column]):
+            where.setdefault(tuple(head), {})[c] = (r + 1, score)
+    rows = sorted(where, key=lambda h: (-len(where[h]), min(r for r, _ in where[h].values()), h))
+    rank = np.full((len(rows), len(columns)), np.nan)  # (heads, conditions)
+    score = np.full_like(rank, np.nan)
+    for i, head in enumerate(rows):
+        for c, (r, s) in where[head].items():
+            rank[i, c], score[i, c] = r, s
+    labels = [format_head(h) for h in rows]
+    custom = [[[layer, head, score[i, c]] for c in range(len(columns))] for i, (layer, head) in enumerate(rows)]
+    text = [["" if np.isnan(v) else str(int(v)) for v in row] for row in rank]
+    fig = go.Figure(
+        go.Heatmap(
+            z=rank,
+            x=columns,
+            y=labels,
+            text=text,
+            texttemplate="%{text}",
+            customdata=custom,
+            colorscale="Blues_r",
+            zmin=1,
+            zmax=max(10, int(np.nanmax(rank)) if rank.size and not np.isnan(rank).all() else 10),
+            colorbar={"title": {"text": "rank"}},
+            hovertemplate=(
+                "layer %{customdata[0]}, head %{customdata[1]}<br>%{x}<br>rank %{z}<br>"
+                "score %{customdata[2]:.4g}<extra></extra>"
+            ),
+            xgap=2,
+            ygap=2,
+        )
+    )
+    fig.update_layout(
+        title={"text": title},
+        xaxis={"title": {"text": "model / prompt set / mode"}, "type": "category", "tickangle": -30},
+        yaxis={"title": {"text": "head (layer-head)"}, "type": "category", "autorange": "reversed"},
+        height=max(360, 22 * len(rows) + 200),
+        margin={"l": 80, "r": 20, "t": 50, "b": 140},
+    )
+    return fig
+
+
+def token_label(token: str) -> str:
+    """A token as plotly text: special tokens such as <|im_start|> escaped (plotly reads a subset of HTML),
+    newlines shown as ⏎."""
+    return token.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\n", "⏎")
+
+
+def _attention_hover(tokens: Sequence[str], matrix: np.ndarray) -> list[list[str]]:
+    shown = [f"'{token_label(t)}'" for t in tokens]
+    return [
+        [
+            f"query {i} {shown[i]}<br>key {j} {shown[j]}<br>weight {matrix[i, j]:.4f}" if j <= i else ""
+            for j in range(len(tokens))
+        ]
+        for i in range(len(tokens))
+    ]
+
+
+def attention_heatmaps(
+    intact,
+    ablated,
+    tokens: Sequence[str],
+    head: Head,
+    *,
+    mode: str = "UA",
+    title: str = "",
+) -> go.Figure:
+    """One head's (T, T) attention pattern before and after ablation, side by side, lower triangle only.
+
+    Row i is query position i, column j key position j; the causal mask leaves j > i empty (blank here).
+    """
+    before, after = _matrix(intact), _matrix(ablated)
+    T = len(tokens)
+    assert before.shape == after.shape == (T, T), (before.shape, after.shape, T)
+    upper = np.triu(np.ones((T, T), dtype=bool), k=1)
+    name = format_head(head)
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        shared_yaxes=True,
+        horizontal_spacing=0.04,
+        subplot_titles=(f"intact, head {name}", f"ablated ({mode}), head {name}"),
+    )
+    for col, matrix in ((1, before), (2, after)):
+        shown = np.where(upper, np.nan, matrix)
+        hover = _attention_hover(tokens, matrix)
+        fig.add_trace(
+            go.Heatmap(
+                z=shown,
+                text=hover,
+                hovertemplate=f"layer {head[0]}, head {head[1]}<br>" + "%{text}<extra></extra>",
+                colorscale="Viridis",
+                zmin=0.0,
+                zmax=1.0,
+                showscale=col == 2,
+                colorbar={"title": {"text": "weight"}},
+            ),
+            row=1,
+            col=col,
+        )
+    ticks = {
+        "tickmode": "array",
+        "tickvals": list(range(T)),
+        "ticktext": [token_label(t) for t in tokens],
+        "tickfont": {"size": 8},
+    }
+    fig.update_xaxes(title_text="key token", **ticks)
+    fig.update_yaxes(autorange="reversed", **ticks)
+    fig.update_yaxes(title_text="query token", row=1, col=1)
+    fig.update_layout(
+        title={"text": title or f"Attention of layer {head[0]}, head {head[1]}"},
+        height=max(420, min(900, 12 * T + 200)),
+        margin={"l": 80, "r": 20, "t": 70, "b": 80},
+    )
+    return fig
+
+
+def asr_bars(rates: Mapping[str, Mapping[str, float]], *, title: str = "") -> go.Figure:
+    """Grouped bars: per run (intact, ablated, random control), its rates (ASR, refusal, degenerate...)."""
+    metrics = list(next(iter(rates.values())).keys()) if rates else []
+    fig = go.Figure()
+    for i, (run, values) in enumerate(rates.items()):
+        fig.add_trace(
+            go.Bar(
+                name=run,
+                x=metrics,
+                y=[values[m] for m in metrics],
+                marker_color=BAR_COLORS[i % len(BAR_COLORS)],
+                hovertemplate=run + "<br>%{x} %{y:.2f}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        barmode="group",
+        title={"text": title},
+        yaxis={"range": [0, 1], "title": {"text": "share of prompts"}},
+        height=360,
+        margin={"l": 50, "r": 20, "t": 50, "b": 40},
+    )
+    return fig

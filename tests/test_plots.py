@@ -1,0 +1,117 @@
+"""The app's figures on small matrices: the right cells marked, and hovers that name layer, head and value."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from safety_heads import plots
+
+
+@pytest.fixture
+def scores() -> np.ndarray:
+    """(4 layers, 3 heads), every value distinct, so the top-k is unambiguous."""
+    return np.arange(12, dtype=float).reshape(4, 3) / 10.0
+
+
+def by_name(fig: go.Figure, name: str):
+    (trace,) = [t for t in fig.data if t.name == name]
+    return trace
+
+
+def test_top_k_orders_best_first_and_reads_tensors(scores):
+    top = plots.top_k(torch.tensor(scores), 3)
+    assert [head for head, _ in top] == [(3, 2), (3, 1), (3, 0)]
+    assert top[0][1] == pytest.approx(1.1)
+
+
+def test_score_heatmap_marks_top_and_selected(scores):
+    top = [head for head, _ in plots.top_k(scores, 3)]
+    fig = plots.score_heatmap(scores, top, [(0, 1)], title="t", score_name="KL")
+    heat = fig.data[0]
+    assert isinstance(heat, go.Heatmap)
+    np.testing.assert_allclose(np.asarray(heat.z), scores)
+    assert list(heat.y) == [0, 1, 2, 3] and list(heat.x) == [0, 1, 2]
+    for word in ("layer", "head", "KL"):
+        assert word in heat.hovertemplate
+
+    marked = by_name(fig, "top 3")
+    assert list(zip(marked.y, marked.x, strict=True)) == top  # y is the layer, x the head
+    assert list(marked.text) == ["1", "2", "3"]
+    assert [row[0] for row in marked.customdata] == pytest.approx([1.1, 1.0, 0.9])
+    assert "layer" in marked.hovertemplate and "rank" in marked.hovertemplate
+
+    chosen = by_name(fig, "selected")
+    assert (chosen.y[0], chosen.x[0]) == (0, 1)
+    assert chosen.customdata[0][0] == pytest.approx(0.1)
+
+
+def test_score_heatmap_without_marks_has_only_the_grid(scores):
+    fig = plots.score_heatmap(scores)
+    assert len(fig.data) == 1
+
+
+def test_rank_grid_puts_shared_heads_first():
+    rankings = {
+        "a / JailbreakBench / UA": [((2, 1), 0.9), ((0, 0), 0.5)],
+        "a / JailbreakBench / SC": [((0, 0), 0.8), ((1, 1), 0.4)],
+    }
+    fig = plots.rank_grid(rankings)
+    heat = fig.data[0]
+    assert list(heat.x) == list(rankings)
+    assert list(heat.y) == ["0-0", "2-1", "1-1"]  # 0-0 is in both columns
+    z = np.asarray(heat.z, dtype=float)
+    assert z[0].tolist() == [2.0, 1.0]
+    assert z[1, 0] == 1.0 and np.isnan(z[1, 1])
+    assert heat.text[2] == ["", "2"]
+    layer, head, score = heat.customdata[1][0]
+    assert (layer, head, score) == (2, 1, 0.9)
+    for word in ("layer", "head", "rank", "score"):
+        assert word in heat.hovertemplate
+
+
+def test_attention_heatmaps_blank_the_causal_upper_triangle():
+    T = 4
+    intact = np.tril(np.full((T, T), 0.1)) + np.eye(T) * 0.5
+    ablated = np.tril(np.ones((T, T))) / np.arange(1, T + 1)[:, None]  # UA: uniform over visible keys
+    fig = plots.attention_heatmaps(intact, ablated, ["<s>", "a", "a", "b"], (3, 1), mode="UA")
+    assert len(fig.data) == 2
+    for trace, matrix in zip(fig.data, (intact, ablated), strict=True):
+        z = np.asarray(trace.z, dtype=float)
+        assert np.isnan(z[np.triu_indices(T, 1)]).all()
+        np.testing.assert_allclose(z[np.tril_indices(T)], matrix[np.tril_indices(T)])
+        assert "layer 3, head 1" in trace.hovertemplate
+        assert "query 3 'b'" in trace.text[3][1] and "key 1 'a'" in trace.text[3][1]
+        assert trace.text[0][3] == ""
+    assert "ablated (UA), head 3-1" in [a.text for a in fig.layout.annotations]
+
+
+def test_attention_tokens_are_escaped_for_plotly():
+    fig = plots.attention_heatmaps(np.eye(2), np.eye(2), ["<|im_start|>", "hi\n"], (0, 0))
+    assert "'&lt;|im_start|&gt;'" in fig.data[0].text[1][0] and "'hi⏎'" in fig.data[0].text[1][1]
+    assert list(fig.layout.xaxis.ticktext) == ["&lt;|im_start|&gt;", "hi⏎"]
+
+
+def test_attention_heatmaps_refuse_mismatched_shapes():
+    with pytest.raises(AssertionError):
+        plots.attention_heatmaps(np.zeros((3, 3)), np.zeros((2, 2)), ["a", "b", "c"], (0, 0))
+
+
+def test_asr_bars_one_trace_per_run():
+    rates = {"intact": {"ASR": 0.1, "refusal": 0.9}, "ablated": {"ASR": 0.8, "refusal": 0.2}}
+    fig = plots.asr_bars(rates)
+    assert [t.name for t in fig.data] == ["intact", "ablated"]
+    assert list(fig.data[1].y) == [0.8, 0.2]
+    assert list(fig.data[0].x) == ["ASR", "refusal"]
+
+
+def test_figures_serialise_to_json(scores):
+    """gr.Plot sends figures as JSON; NaN cells and numpy values must survive that."""
+    for fig in (
+        plots.score_heatmap(scores, [(3, 2)], [(0, 0)]),
+        plots.rank_grid({"x": [((0, 0), 1.0)], "y": [((1, 1), 2.0)]}),
+        plots.attention_heatmaps(np.eye(2), np.eye(2), ["a", "b"], (0, 0)),
+    ):
+        assert fig.to_json()
