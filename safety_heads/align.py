@@ -54,8 +54,8 @@ class AlignConfig:
     seed: int = 0
     steps: int = 150  # optimiser steps
     batch_size: int = 8  # examples per step
-    benign_share: float = 0.5  # share of each batch drawn from the benign examples
-    lr: float = 1e-3  # peak learning rate (AdamW), after a linear warm-up, then cosine decay to 10%
+    benign_share: float = 0.6  # share of each batch drawn from the benign examples
+    lr: float = 3e-3  # peak learning rate (AdamW), after a linear warm-up, then cosine decay to 10%
     warmup: int = 10  # warm-up steps
     weight_decay: float = 0.0
     rank: int = 16  # LoRA rank
@@ -207,9 +207,7 @@ def benign_prompts(seed: int = 0) -> list[tuple[str, str]]:
     question form of each single-line imperative among them, made by the same rules as the harmful
     questions, so that the form of a request never tells harmful from benign."""
     rng = random.Random(seed)
-    base = [(p, "alpaca") for p in alpaca_prompts()] + [
-        (p, "handwritten") for p in read_lines("benign_prompts.txt")
-    ]
+    base = [(p, "alpaca") for p in alpaca_prompts()] + [(p, "handwritten") for p in read_lines("benign_prompts.txt")]
     questions = [
         (rng.choice(question_forms(p)), f"{source}-question")
         for p, source in base
@@ -345,9 +343,7 @@ def answer_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch
     logits = model.get_output_embeddings()(hidden[:, :-1][keep])  # (n_answer_tokens, vocab)
     token_loss = F.cross_entropy(logits.float(), targets[keep], reduction="none")
     rows = keep.nonzero()[:, 0]  # the example each answer token belongs to
-    per_example = token_loss.new_zeros(keep.shape[0]).index_add_(0, rows, token_loss) / keep.sum(1).clamp(
-        min=1
-    )
+    per_example = token_loss.new_zeros(keep.shape[0]).index_add_(0, rows, token_loss) / keep.sum(1).clamp(min=1)
     return per_example[keep.any(1)].mean()
 
 
@@ -553,9 +549,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
-    parser.add_argument(
-        "--no-cache", action="store_true", help="regenerate the un-tuned model's benign answers"
-    )
+    parser.add_argument("--no-cache", action="store_true", help="regenerate the un-tuned model's benign answers")
 
 
 def run(args: argparse.Namespace) -> None:
