@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 from .ablation import Head, Mode
 from .answers import DecodingConfig, generate_many
-from .judge import RefusalJudge, attack_success
+from .judge import AsrResult, RefusalJudge, attack_success
 from .models import LoadedModel, Template
 
 
@@ -26,7 +26,8 @@ class AblationResult:
     asr: float
     coherent_asr: float
     degenerate: float
-    xstest_safe_refusal: float | None
+    xstest_safe_refusal: float | None  # the paper's keyword rule
+    xstest_safe_opening_refusal: float | None  # first sentence declines (judge.opens_with_refusal)
     draw: int | None = None  # which random draw, for the random control
 
     def to_json(self) -> dict:
@@ -48,19 +49,18 @@ class Evaluator:
         self.lm, self.prompt_sets, self.eps, self.template = lm, prompt_sets, eps, template
         self.decoding, self.batch_size = decoding, batch_size
         self.judge = RefusalJudge()
-        self._cache: dict[tuple, tuple] = {}
+        self._cache: dict[tuple, AsrResult] = {}
         self.answers: dict[tuple, list[str]] = {}
 
-    def run(self, prompt_set: str, heads: Sequence[Head], mode: Mode):
-        """(AsrResult, refusal share) of the set's answers with `heads` ablated."""
+    def run(self, prompt_set: str, heads: Sequence[Head], mode: Mode) -> AsrResult:
+        """The judged answers of a prompt set with `heads` ablated."""
         key = (prompt_set, mode if heads else "-", tuple(sorted(heads)))
         if key not in self._cache:
             answers = generate_many(
                 self.lm, self.prompt_sets[prompt_set], list(heads), mode, self.eps, self.template,
                 self.decoding, self.batch_size,
             )  # fmt: skip
-            result = attack_success(self.judge(a) for a in answers)
-            self._cache[key] = (result, result.refusal)
+            self._cache[key] = attack_success(self.judge(a) for a in answers)
             self.answers[key] = answers
         return self._cache[key]
 
@@ -74,9 +74,10 @@ class Evaluator:
         xstest: str | None = "xstest_safe",
         draw: int | None = None,
     ) -> AblationResult:
-        result, _ = self.run(evaluated_on, heads, mode)
-        over_refusal = self.run(xstest, heads, mode)[1] if xstest else None
+        result = self.run(evaluated_on, heads, mode)
+        safe = self.run(xstest, heads, mode) if xstest else None
         return AblationResult(
             ranking, mode, heads_from, evaluated_on, len(heads), [list(h) for h in heads],
-            result.asr, result.coherent_asr, result.degenerate, over_refusal, draw,
+            result.asr, result.coherent_asr, result.degenerate,
+            safe.refusal if safe else None, safe.opening_refusal if safe else None, draw,
         )  # fmt: skip

@@ -123,7 +123,8 @@ def evaluate_all(args, lm: LoadedModel, results: dict[tuple[str, str], Precomput
     sets["xstest_safe"] = load_prompts("xstest_safe", n=args.n_xstest)
     decoding = DecodingConfig(max_new_tokens=args.max_new_tokens)
     evaluator = Evaluator(lm, sets, args.eps, args.template, decoding, args.gen_batch_size)
-    refusal = {name: evaluator.run(name, [], "UA")[1] for name in sets}
+    intact = {name: evaluator.run(name, [], "UA") for name in sets}
+    refusal = {name: result.refusal for name, result in intact.items()}
     ablations = [evaluator.ablation("none", "UA", "-", name, []).to_json() for name in args.sets]
     # Cross-set: heads found on one set are evaluated on each other set.
     for (heads_from, mode), result in results.items():
@@ -143,6 +144,8 @@ def evaluate_all(args, lm: LoadedModel, results: dict[tuple[str, str], Precomput
     summary = {
         "model": lm.model_id,
         "refusal": refusal,
+        "opening_refusal": {name: result.opening_refusal for name, result in intact.items()},
+        "degenerate": {name: result.degenerate for name, result in intact.items()},
         "ablations": ablations,
         "provenance": {
             **lm.provenance,

@@ -62,3 +62,18 @@ def test_cli_reports_bad_input_without_a_traceback(capsys, tmp_path):
     assert "not found" in capsys.readouterr().err
     assert main(["generate", "hi", "--model", "someone/unknown-model"]) == 2
     assert "someone/unknown-model" in capsys.readouterr().err
+
+
+def test_evaluator_caches_and_reports_every_field(tiny_llama):
+    from safety_heads.answers import DecodingConfig
+    from safety_heads.evaluation import Evaluator
+
+    sets = {"harmful": HARMFUL, "xstest_safe": BENIGN}
+    evaluator = Evaluator(tiny_llama, sets, 1e-5, "chat", DecodingConfig(max_new_tokens=4), batch_size=2)
+    row = evaluator.ablation("ships", "UA", "harmful", "harmful", [(1, 2)])
+    again = evaluator.ablation("refusal", "UA", "harmful", "harmful", [(1, 2)])
+    assert len(evaluator.answers) == 2  # the harmful and the safe set, each answered once
+    assert (row.asr, row.xstest_safe_refusal) == (again.asr, again.xstest_safe_refusal)
+    data = row.to_json()
+    assert data["k"] == 1 and data["heads"] == [[1, 2]] and "draw" not in data
+    assert 0.0 <= data["xstest_safe_opening_refusal"] <= 1.0
