@@ -25,11 +25,13 @@ from safety_heads.answers import MAX_NEW_TOKENS, DecodingConfig, stream_pair
 from safety_heads.app_logic import (
     ANSWER_HEADERS,
     MAX_EVAL_PROMPTS,
+    MAX_PROMPT_CHARS,
     PROMPT_SET_LABELS,
     SUMMARY_HEADERS,
     ModelCache,
     attention_pattern,
     badge_html,
+    check_prompt,
     evaluate_set,
     evaluation_sets,
     head_options,
@@ -40,6 +42,7 @@ from safety_heads.app_logic import (
     rankings_across,
     run_record,
     selected_heads,
+    to_number,
     write_record,
 )
 from safety_heads.judge import RefusalJudge
@@ -64,6 +67,8 @@ cache = ModelCache(load_for_app)
 if os.environ.get("SAFETY_HEADS_PRELOAD", "1") != "0":
     cache.preload(INITIAL_MODEL)
 judge = RefusalJudge()
+# The queue as launched under __main__ (the load test launches the app in-process with the same settings).
+QUEUE = {"max_size": 32, "default_concurrency_limit": 4}
 EXPORT_DIR = Path(tempfile.gettempdir()) / "safety-heads-runs"
 TOP_HEADERS = ["rank", "head", "score"]
 EXAMPLES = [
@@ -85,11 +90,20 @@ logged; the record of each comparison is kept for download for about an hour, th
 
 @contextmanager
 def shown_to_user():
-    """Turn the library's own errors into a Gradio error box with its message, instead of a crash."""
+    """Turn the library's own errors into a Gradio error box with its message, instead of a crash.
+
+    Anything else (a fault inside the model, out of memory) is reported as this request's failure, with the
+    traceback in the server log; the ablation context has already removed its hooks and released the lock.
+    """
     try:
         yield
+    except gr.Error:
+        raise
     except (ValueError, FileNotFoundError, ModelLoadError, PrecomputedError) as err:
         raise gr.Error(str(err), print_exception=False) from err
+    except Exception as err:
+        what = f"{type(err).__name__}: {err}"[:300]
+        raise gr.Error(f"This request failed ({what}); other requests are not affected, try again.") from err
 
 
 def model_for(name: str, progress: gr.Progress):
@@ -98,6 +112,12 @@ def model_for(name: str, progress: gr.Progress):
     if cache.loaded(name) is None:
         progress((0, None), desc=f"Loading {MODELS[name].label} (first use)…")
     return cache.get(name)
+
+
+def decoding_config(decoding, max_new_tokens, seed) -> DecodingConfig:
+    """The decoding widgets' values, each checked (an emptied number field is refused by name)."""
+    tokens, seed = to_number(max_new_tokens, "Max new tokens", True), to_number(seed, "Seed", True)
+    return DecodingConfig(decoding, tokens, seed=seed)
 
 
 def load_model(name: str, progress=gr.Progress()):
@@ -187,10 +207,11 @@ def pick_scored_head(typed, evt: gr.SelectData):
 def compare(model, prompt, checked, typed, mode, eps, decoding, max_new_tokens, seed, progress=gr.Progress()):
     """Stream the intact and the ablated answer side by side, then label both and offer the run as JSON."""
     with shown_to_user():
+        prompt = check_prompt(prompt)
         lm = model_for(model, progress)
         heads = selected_heads(checked or [], typed or "", lm)
-        eps = check_eps(float(eps))
-        config = DecodingConfig(decoding, int(max_new_tokens), seed=int(seed))
+        eps = check_eps(to_number(eps, "ε"))
+        config = decoding_config(decoding, max_new_tokens, seed)
         if not heads:
             gr.Warning("No heads selected: the ablated answer will equal the intact one.")
         pending = badge_html(None, "generating…")
@@ -207,11 +228,12 @@ def compare(model, prompt, checked, typed, mode, eps, decoding, max_new_tokens, 
 def show_attention(model, prompt, head, mode, eps, progress=gr.Progress()):
     """The chosen head's attention on the current prompt, intact and ablated."""
     with shown_to_user():
+        prompt = check_prompt(prompt)
         lm = model_for(model, progress)
         if not head:
             raise ValueError("Select a head first (tick one or type it), then show its attention.")
         (chosen,) = parse_heads([head], lm.n_layers, lm.n_heads)
-        pattern = attention_pattern(lm, prompt, chosen, mode, check_eps(float(eps)))
+        pattern = attention_pattern(lm, prompt, chosen, mode, check_eps(to_number(eps, "ε")))
         crop = f" (last {len(pattern.tokens)} tokens)" if pattern.cropped else ""
         note = "uniform over visible keys under UA" if mode == "UA" else "unchanged under SC, which scales its output"
         title = f"Layer {chosen[0]}, head {chosen[1]}{crop}: intact vs ablated ({note})"
@@ -222,10 +244,11 @@ def show_attention(model, prompt, head, mode, eps, progress=gr.Progress()):
 def score_prompt(model, prompt, checked, typed, mode, eps, progress=gr.Progress()):
     """Live Ships: ablate each head in turn on this prompt; score the change of the next token."""
     with shown_to_user():
+        prompt = check_prompt(prompt)
         lm = model_for(model, progress)
         selected, _ = lenient_selection(model, checked, typed)
         step = lambda done, total: progress((done, total), desc="Ships: ablating each head", unit="heads")  # noqa: E731
-        scores = ships(lm, prompt, mode, check_eps(float(eps)), progress=step)
+        scores = ships(lm, prompt, mode, check_eps(to_number(eps, "ε")), progress=step)
         top = top_heads(scores, 10)
         title = f"Ships on this prompt ({mode}): KL(intact ‖ ablated) of the next token"
         figure = plots.score_heatmap(scores, [h for h, _ in top], selected, title=title, score_name="KL (nats)")
@@ -238,9 +261,10 @@ def evaluate(model, prompt_set, n, checked, typed, mode, eps, decoding, max_new_
     with shown_to_user():
         lm = model_for(model, progress)
         heads = selected_heads(checked or [], typed or "", lm)
-        config = DecodingConfig(decoding, int(max_new_tokens), seed=int(seed))
+        config = decoding_config(decoding, max_new_tokens, seed)
         step = lambda done, total, what: progress((done, total), desc=what, unit="answers")  # noqa: E731
-        result = evaluate_set(lm, prompt_set, int(n), heads, mode, float(eps), config, judge, progress=step)
+        n, eps = to_number(n, "N", True), to_number(eps, "ε")
+        result = evaluate_set(lm, prompt_set, n, heads, mode, eps, config, judge, progress=step)
         rates = {
             run: {
                 "ASR": r.asr,
@@ -297,7 +321,12 @@ with gr.Blocks(title="Safety heads", delete_cache=(3600, 3600)) as demo:
                 eps = gr.Number(DEFAULT_EPS, label="ε (ablation scale, in (0, 1])")
                 seed = gr.Number(0, precision=0, label="Seed (top-k sampling, random-head control)")
         with gr.Column(scale=2):
-            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Ask something the model should refuse…")
+            prompt = gr.Textbox(
+                label="Prompt",
+                lines=3,
+                max_length=MAX_PROMPT_CHARS,
+                placeholder="Ask something the model should refuse…",
+            )
             gr.Examples(EXAMPLES, inputs=[prompt], label="Examples: harmful, then benign", api_name="load_example")
             with gr.Row():
                 decoding = gr.Radio(["greedy", "top-k"], value="greedy", label="Decoding")
@@ -418,4 +447,4 @@ with gr.Blocks(title="Safety heads", delete_cache=(3600, 3600)) as demo:
     )
 
 if __name__ == "__main__":
-    demo.queue(max_size=32, default_concurrency_limit=4).launch(show_error=True)
+    demo.queue(**QUEUE).launch(show_error=True)

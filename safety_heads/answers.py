@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from .ablation import DEFAULT_EPS, Head, Mode, ablate
@@ -72,6 +73,16 @@ class RowStreamer(BaseStreamer):
         return [self.tokenizer.decode(t, skip_special_tokens=True) for t in self.tokens]
 
 
+class StopWhenSet(StoppingCriteria):
+    """Ends every row of a generation once its event is set (the streaming consumer has gone)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 def _generate(
     lm: LoadedModel,
     prompts: Sequence[str],
@@ -81,6 +92,7 @@ def _generate(
     template: Template,
     decoding: DecodingConfig,
     streamer: BaseStreamer | None = None,
+    stop: threading.Event | None = None,
 ) -> list[str]:
     batch = encode(lm, list(prompts), template, decoding.max_new_tokens)
     prompt_len = batch["input_ids"].shape[1]
@@ -92,6 +104,7 @@ def _generate(
             **decoding.generate_kwargs(),
             pad_token_id=lm.tokenizer.pad_token_id,
             streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([StopWhenSet(stop)]) if stop else None,
         )
     return [lm.tokenizer.decode(row[prompt_len:], skip_special_tokens=True).strip() for row in out]
 
@@ -122,23 +135,28 @@ def stream_pair(
     """Like generate_pair, yielding (intact so far, ablated so far) after every decoding step.
 
     Generation runs in a worker thread; an exception there is re-raised here, and the ablation context
-    inside the worker removes its hooks whatever happens.
+    inside the worker removes its hooks whatever happens. If the consumer stops early (a client that leaves
+    closes this generator), the worker stops after its current step and frees the model for the next request.
     """
     encode(lm, [prompt], template, decoding.max_new_tokens)  # fail fast, before the thread starts
     streamer = RowStreamer(lm.tokenizer, 2)
+    stop = threading.Event()
     errors: list[BaseException] = []
 
     def work() -> None:
         try:
-            _generate(lm, [prompt, prompt], [[], list(heads)], mode, eps, template, decoding, streamer)
+            _generate(lm, [prompt, prompt], [[], list(heads)], mode, eps, template, decoding, streamer, stop)
         except BaseException as err:  # handed to the consumer below
             errors.append(err)
             streamer.end()
 
     worker = threading.Thread(target=work, daemon=True)
     worker.start()
-    while (texts := streamer.updates.get()) is not None:
-        yield texts[0].strip(), texts[1].strip()
+    try:
+        while (texts := streamer.updates.get()) is not None:
+            yield texts[0].strip(), texts[1].strip()
+    finally:
+        stop.set()
     worker.join()
     if errors:
         raise errors[0]

@@ -11,12 +11,14 @@ import datetime as dt
 import importlib
 import importlib.metadata
 import json
+import math
 import os
 import random
 import subprocess
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +43,7 @@ from .models import (
     encode,
     load_catalog_model,
 )
-from .precomputed import PRECOMPUTED_DIR, Precomputed, PrecomputedError, available, load
+from .precomputed import PRECOMPUTED_DIR, Precomputed, PrecomputedError, available, load, path_for
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 # The prompt sets the precomputed head lists come from, as shown on screen.
@@ -49,6 +51,8 @@ PROMPT_SET_LABELS = {"jailbreakbench": "JailbreakBench", "maliciousinstruct": "M
 # Rankings listed first when a file has them; any other ranking in the file follows, alphabetically.
 PREFERRED_RANKINGS = ("generalized", "ships")
 MAX_EVAL_PROMPTS = 50
+# Longer prompts are refused before tokenization: a public Space must not spend its CPU on a pasted book.
+MAX_PROMPT_CHARS = 4000
 MAX_ATTENTION_TOKENS = 128
 # A head list typed before the model is loaded is only checked for its form; the model checks the range.
 _NO_RANGE = 10**6
@@ -60,6 +64,31 @@ def precomputed_root() -> Path:
     """$SAFETY_HEADS_PRECOMPUTED, else the repository's precomputed/ folder."""
     env = os.environ.get("SAFETY_HEADS_PRECOMPUTED")
     return Path(env) if env else PRECOMPUTED_DIR
+
+
+def check_prompt(prompt: object) -> str:
+    """The prompt if the app should answer it; a ValueError that says why otherwise (cheap: no tokenizer)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("The prompt is empty: type a question first")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"The prompt is {len(prompt):,} characters; at most {MAX_PROMPT_CHARS:,} are accepted")
+    for i, char in enumerate(prompt):
+        # Tab and newlines are text; other control characters (NUL, escape codes) and lone surrogates are not,
+        # and a surrogate would also break the tokenizer and the UTF-8 run record.
+        if unicodedata.category(char) in ("Cc", "Cs") and char not in "\t\n\r":
+            raise ValueError(f"The prompt contains a control character (U+{ord(char):04X} at position {i}); remove it")
+    return prompt
+
+
+def to_number(value: object, name: str, integer: bool = False) -> float | int:
+    """A widget's number as float (or int); an emptied field, text, NaN or infinity is refused by name."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number; got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number; got {value!r}")
+    return int(number) if integer else number
 
 
 def model_choices(cuda: bool | None = None) -> dict[str, CatalogEntry]:
@@ -164,6 +193,28 @@ class ModelCache:
 # Head options: the precomputed top-10 of one model x prompt set x mode.
 
 
+def read_precomputed(model: str, prompt_set: str, mode: str, root: Path) -> Precomputed:
+    """`precomputed.load`, plus a check of every part the app reads, so that a damaged file becomes a note."""
+    try:
+        pre = load(model, prompt_set, mode, root)  # it lets AttributeError through ("scores": null)
+        if not all(isinstance(part, dict) for part in (pre.scores, pre.top10, pre.provenance)):
+            raise TypeError("scores, top10 and provenance must be JSON objects")
+        if not isinstance(pre.provenance.get("prompt_set") or {}, dict):
+            raise TypeError("provenance.prompt_set must be a JSON object")
+        for matrix in pre.scores.values():
+            np.asarray(matrix, dtype=float)  # strings or ragged rows raise here
+        for name, top in pre.top10.items():
+            for layer, head, score in top:
+                float(score)
+                if not (isinstance(layer, int) and isinstance(head, int)):
+                    raise TypeError(f"top10 {name!r} names head {layer!r}-{head!r}")
+                if not (0 <= layer < pre.n_layers and 0 <= head < pre.n_heads):
+                    raise ValueError(f"top10 {name!r} names head {layer}-{head}, outside the score matrix")
+    except (AttributeError, TypeError, ValueError) as err:
+        raise PrecomputedError(f"Precomputed file {path_for(model, prompt_set, mode, root)} is corrupt: {err}") from err
+    return pre
+
+
 def ranking_names(pre: Precomputed) -> list[str]:
     names = sorted(pre.top10)
     return [r for r in PREFERRED_RANKINGS if r in names] + [r for r in names if r not in PREFERRED_RANKINGS]
@@ -188,7 +239,7 @@ def head_options(
     root = precomputed_root() if root is None else root
     set_label = PROMPT_SET_LABELS.get(prompt_set, prompt_set)
     try:
-        pre = load(model, prompt_set, mode, root)
+        pre = read_precomputed(model, prompt_set, mode, root)
     except PrecomputedError as err:
         missing = "No precomputed" in str(err)
         why = "are not computed yet" if missing else f"could not be read ({err})"
@@ -369,7 +420,7 @@ def rankings_across(ranking: str | None, root: Path | None = None) -> dict[str, 
     out: dict[str, list[tuple[Head, float]]] = {}
     for slug, prompt_set, mode in available(root):
         try:
-            pre = load(slug, prompt_set, mode, root)
+            pre = read_precomputed(slug, prompt_set, mode, root)
         except PrecomputedError:
             continue
         names = ranking_names(pre)

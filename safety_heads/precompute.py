@@ -27,7 +27,7 @@ from .attribution import RANKINGS, attribute, random_heads
 from .datasets import HARMFUL_SETS, load_prompts, resolve
 from .evaluation import Evaluator
 from .models import TEMPLATES, LoadedModel, default_model, sha256_file
-from .precomputed import PRECOMPUTED_DIR, Precomputed, model_slug, save
+from .precomputed import PRECOMPUTED_DIR, Precomputed, load, model_slug, save
 from .ships import top_heads
 
 
@@ -64,6 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", type=Path, default=PRECOMPUTED_DIR)
     p.add_argument("--evaluate", action="store_true", help="also measure ASR of the ablations (summary.json)")
+    p.add_argument("--reuse", action="store_true", help="evaluate the heads of the files already in --out")
     p.add_argument("--ks", nargs="+", type=int, default=[1, 3, 5])
     p.add_argument("--random-draws", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -176,6 +177,9 @@ def run(args) -> None:
     if not getattr(lm.model, "is_loaded_in_4bit", False):  # 4-bit models are placed on the GPU at load time
         lm.model.to(args.device)
     print(f"{lm.model_id} on {args.device} ({platform.node()}), code {code_version()}", file=sys.stderr)
-    results = attribute_all(args, lm, command)
+    if args.reuse:
+        results = {(s, m): load(lm.model_id, s, m, args.out) for s in args.sets for m in args.modes}
+    else:
+        results = attribute_all(args, lm, command)
     if args.evaluate:
         print(f"wrote {evaluate_all(args, lm, results, command)}", file=sys.stderr)

@@ -1,0 +1,59 @@
+"""No cross-talk under load: 16 gradio_client clients, 200 mixed requests, against the app on loopback.
+
+The app runs in this process (so the test can see its model's hooks and lock), serving the embedded model
+with the queue settings of `python app.py`. The load itself is bench/load.py, which also prints throughput
+and latency; here its outcome is checked.
+"""
+
+from __future__ import annotations
+
+import importlib
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from bench.load import PROMPTS, run_load
+from safety_heads.ablation import count_hooks
+from safety_heads.answers import DecodingConfig, generate_pair
+from tests.test_hardening import lock_free
+
+
+@pytest.fixture(scope="module")
+def report(embedded):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SAFETY_HEADS_PRELOAD", "0")
+        mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        app = importlib.import_module("app")
+        mp.setattr(app, "cache", app.ModelCache(lambda name: embedded))
+        report = run_load(app, embedded, n_requests=200, clients=16, max_new_tokens=8)
+    print(report.summary())
+    return report
+
+
+def test_every_answer_equals_the_same_request_alone(report):
+    assert len(report.outcomes) == 200
+    assert {o.request.api_name for o in report.outcomes} == {"/compare", "/attention", "/head_options"}
+    assert not report.mismatches(), [(o.request, o.error) for o in report.mismatches()[:3]]
+
+
+def test_the_queue_refuses_the_excess_and_serves_the_rest(report):
+    refused, answered, failed = report.burst["refused"], report.burst["answered"], report.burst["failed"]
+    assert failed == 0 and refused > 0 and answered > 0
+    assert refused + answered == sum(report.burst.values())
+
+
+def test_no_hook_and_no_lock_remain(report, embedded):
+    assert count_hooks(embedded) == 0
+    assert lock_free(embedded)
+
+
+def test_threads_calling_the_library_at_once_never_mix_ablations(embedded):
+    """Below the app's queue: the model's lock alone keeps concurrent ablations apart."""
+    cases = [(heads, mode) for heads in ([], [(18, 8)], [(7, 2), (17, 2)], [(1, 0), (27, 5)]) for mode in ("UA", "SC")]
+    decoding = DecodingConfig("greedy", 6)
+    alone = [generate_pair(embedded, PROMPTS[1], heads, mode, decoding=decoding) for heads, mode in cases]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        together = list(pool.map(lambda case: generate_pair(embedded, PROMPTS[1], *case, decoding=decoding), cases))
+    assert together == alone
+    assert len({ablated for _, ablated in alone}) > 1, "the head sets must change the answer for this to test anything"
+    assert count_hooks(embedded) == 0
