@@ -1,4 +1,7 @@
-"""Command line: `python -m safety_heads ships|generate|asr|precompute|align ...`. Parses, calls the library, prints."""
+"""Command line: `python -m safety_heads ships|generate|asr|precompute|report|align ...`.
+
+Parses, calls the library, prints.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -88,6 +92,12 @@ def cmd_asr(args) -> None:
     )
 
 
+def cmd_report(args) -> None:
+    from .evaluation import results_table
+
+    print(results_table(json.loads(args.summary.read_text())))
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=default_model(), help="catalog name, hub id or local folder")
     parser.add_argument("--adapter", default=None, help="LoRA adapter folder (models outside the catalog)")
@@ -135,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("precompute", help="attribute heads per set x mode; with --evaluate, measure ASR")
     precompute.add_arguments(p)
     p.set_defaults(func=precompute.run)
+
+    p = sub.add_parser("report", help="print a summary.json's ablations as a Markdown table")
+    p.add_argument("summary", type=Path, help="precomputed/<model>/summary.json")
+    p.set_defaults(func=cmd_report)
 
     from . import align
 

@@ -81,3 +81,30 @@ class Evaluator:
             result.asr, result.coherent_asr, result.degenerate,
             safe.refusal if safe else None, safe.opening_refusal if safe else None, draw,
         )  # fmt: skip
+
+
+def results_table(summary: dict) -> str:
+    """summary.json's ablations as a Markdown table; random draws of one k averaged into one row (mean)."""
+    metrics = ("asr", "coherent_asr", "degenerate", "xstest_safe_refusal")
+    groups: dict[tuple, list[dict]] = {}
+    for row in summary["ablations"]:
+        key = (row["mode"], row["heads_from"], row["evaluated_on"], row["ranking"], row["k"])
+        groups.setdefault(key, []).append(row)
+    lines = [
+        "| mode | heads from → evaluated on | ranking | k | heads | ASR | coherent ASR | degenerate "
+        "| XSTest-safe refusal |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    order = {"none": 0, "ships": 1, "generalized": 2, "refusal": 3, "sahara": 4, "random": 5}
+    for key in sorted(groups, key=lambda k: (k[1] != "-", k[0], k[1], k[2], k[4], order.get(k[3], 9), k[3])):
+        mode, heads_from, evaluated_on, ranking, k = key
+        rows = groups[key]
+        means = {m: sum(r[m] for r in rows) / len(rows) if rows[0].get(m) is not None else None for m in metrics}
+        if ranking == "random":
+            heads = f"mean of {len(rows)} draws"
+        else:
+            heads = ", ".join(f"{layer}-{head}" for layer, head in rows[0]["heads"]) or "none"
+        cells = [f"{means[m]:.2f}" if means[m] is not None else "–" for m in metrics]
+        where = evaluated_on if ranking == "none" else f"{heads_from} → {evaluated_on}"
+        lines.append(f"| {mode if k else 'intact'} | {where} | {ranking} | {k} | {heads} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

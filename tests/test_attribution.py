@@ -9,6 +9,7 @@ import torch
 
 from safety_heads.attribution import RANKINGS, attribute, random_heads
 from safety_heads.cli import main
+from safety_heads.evaluation import results_table
 from safety_heads.precomputed import Precomputed, PrecomputedError, available, load, save
 from safety_heads.ships import generalized_ships, record_prompts, ships
 
@@ -77,3 +78,26 @@ def test_evaluator_caches_and_reports_every_field(tiny_llama):
     data = row.to_json()
     assert data["k"] == 1 and data["heads"] == [[1, 2]] and "draw" not in data
     assert 0.0 <= data["xstest_safe_opening_refusal"] <= 1.0
+
+
+def test_results_table_averages_random_draws_and_keeps_the_rest():
+    def row(ranking, k, heads, asr, draw=None, heads_from="jailbreakbench"):
+        return {
+            "ranking": ranking, "mode": "UA", "heads_from": heads_from, "evaluated_on": "maliciousinstruct", "k": k,
+            "heads": heads, "asr": asr, "coherent_asr": asr / 2, "degenerate": 0.1, "xstest_safe_refusal": 0.3,
+            **({"draw": draw} if draw is not None else {}),
+        }  # fmt: skip
+
+    summary = {
+        "ablations": [
+            row("random", 1, [[5, 5]], 0.2, draw=0),
+            row("random", 1, [[6, 6]], 0.4, draw=1),
+            row("ships", 1, [[18, 8]], 0.5),
+            row("none", 0, [], 0.05, heads_from="-"),
+        ]
+    }
+    lines = results_table(summary).splitlines()
+    assert len(lines) == 2 + 3  # header, rule, intact, ships, random (two draws in one row)
+    assert lines[2].startswith("| intact | maliciousinstruct | none | 0 | none | 0.05 |")
+    assert "| ships | 1 | 18-8 | 0.50 | 0.25 |" in lines[3]
+    assert "| random | 1 | mean of 2 draws | 0.30 | 0.15 | 0.10 | 0.30 |" in lines[4]
