@@ -28,6 +28,7 @@ class AblationResult:
     degenerate: float
     xstest_safe_refusal: float | None  # the paper's keyword rule
     xstest_safe_opening_refusal: float | None  # first sentence declines (judge.opens_with_refusal)
+    xstest_safe_degenerate: float | None  # benign answers broken by the ablation
     draw: int | None = None  # which random draw, for the random control
 
     def to_json(self) -> dict:
@@ -79,26 +80,28 @@ class Evaluator:
         return AblationResult(
             ranking, mode, heads_from, evaluated_on, len(heads), [list(h) for h in heads],
             result.asr, result.coherent_asr, result.degenerate,
-            safe.refusal if safe else None, safe.opening_refusal if safe else None, draw,
+            safe.refusal if safe else None, safe.opening_refusal if safe else None,
+            safe.degenerate if safe else None, draw,
         )  # fmt: skip
 
 
 def results_table(summary: dict) -> str:
     """summary.json's ablations as a Markdown table; random draws of one k averaged into one row (mean)."""
-    metrics = ("asr", "coherent_asr", "degenerate", "xstest_safe_refusal")
+    metrics = ("asr", "coherent_asr", "degenerate", "xstest_safe_refusal", "xstest_safe_degenerate")
     groups: dict[tuple, list[dict]] = {}
     for row in summary["ablations"]:
         key = (row["mode"], row["heads_from"], row["evaluated_on"], row["ranking"], row["k"])
         groups.setdefault(key, []).append(row)
     lines = [
         "| mode | heads from → evaluated on | ranking | k | heads | ASR | coherent ASR | degenerate "
-        "| XSTest-safe refusal |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| XSTest-safe refusal | XSTest-safe degenerate |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     order = {"none": 0, "ships": 1, "generalized": 2, "refusal": 3, "sahara": 4, "random": 5}
     for key in sorted(groups, key=lambda k: (k[1] != "-", k[0], k[1], k[2], k[4], order.get(k[3], 9), k[3])):
         mode, heads_from, evaluated_on, ranking, k = key
         rows = groups[key]
+        # A metric a row lacks (no XSTest run, or a summary older than the column) is shown as a dash.
         means = {m: sum(r[m] for r in rows) / len(rows) if rows[0].get(m) is not None else None for m in metrics}
         if ranking == "random":
             heads = f"mean of {len(rows)} draws"

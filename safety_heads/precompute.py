@@ -103,7 +103,7 @@ def attribute_all(args, lm: LoadedModel, command: str) -> dict[tuple[str, str], 
                     "benign_set": prompt_set_provenance(args.benign, len(benign)),
                     "rank": args.rank,
                     "sahara_size": args.sahara_size,
-                    "code_version": code_version(),
+                    "code_version": args.code_version,
                     "device": args.device,
                     "torch": torch.__version__,
                     "transformers": transformers.__version__,
@@ -155,7 +155,7 @@ def evaluate_all(args, lm: LoadedModel, results: dict[tuple[str, str], Precomput
             "decoding": {"strategy": "greedy", "max_new_tokens": args.max_new_tokens},
             "prompt_sets": [prompt_set_provenance(name, len(p)) for name, p in sets.items()],
             "random_seeds": "1000 * k + draw",
-            "code_version": code_version(),
+            "code_version": args.code_version,
             "device": args.device,
         },
         "command": command,
@@ -176,7 +176,8 @@ def run(args) -> None:
     lm = load_catalog_model(args.model)
     if not getattr(lm.model, "is_loaded_in_4bit", False):  # 4-bit models are placed on the GPU at load time
         lm.model.to(args.device)
-    print(f"{lm.model_id} on {args.device} ({platform.node()}), code {code_version()}", file=sys.stderr)
+    args.code_version = code_version()  # read once at the start: the tree may change during a long run
+    print(f"{lm.model_id} on {args.device} ({platform.node()}), code {args.code_version}", file=sys.stderr)
     if args.reuse:
         results = {(s, m): load(lm.model_id, s, m, args.out) for s in args.sets for m in args.modes}
     else:

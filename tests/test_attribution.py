@@ -77,7 +77,7 @@ def test_evaluator_caches_and_reports_every_field(tiny_llama):
     assert (row.asr, row.xstest_safe_refusal) == (again.asr, again.xstest_safe_refusal)
     data = row.to_json()
     assert data["k"] == 1 and data["heads"] == [[1, 2]] and "draw" not in data
-    assert 0.0 <= data["xstest_safe_opening_refusal"] <= 1.0
+    assert 0.0 <= data["xstest_safe_opening_refusal"] <= 1.0 and 0.0 <= data["xstest_safe_degenerate"] <= 1.0
 
 
 def test_results_table_averages_random_draws_and_keeps_the_rest():
@@ -100,4 +100,4 @@ def test_results_table_averages_random_draws_and_keeps_the_rest():
     assert len(lines) == 2 + 3  # header, rule, intact, ships, random (two draws in one row)
     assert lines[2].startswith("| intact | maliciousinstruct | none | 0 | none | 0.05 |")
     assert "| ships | 1 | 18-8 | 0.50 | 0.25 |" in lines[3]
-    assert "| random | 1 | mean of 2 draws | 0.30 | 0.15 | 0.10 | 0.30 |" in lines[4]
+    assert "| random | 1 | mean of 2 draws | 0.30 | 0.15 | 0.10 | 0.30 | – |" in lines[4]
