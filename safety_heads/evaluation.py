@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 from .ablation import Head, Mode
 from .answers import DecodingConfig, generate_many
+from .coherence import surprise
 from .judge import AsrResult, RefusalJudge, attack_success
 from .models import LoadedModel, Template
 
@@ -46,12 +47,15 @@ class Evaluator:
         template: Template,
         decoding: DecodingConfig,
         batch_size: int,
+        surprise_limit: float | None = None,
     ):
+        """`surprise_limit`: answers the intact model finds more surprising count as degenerate (see coherence)."""
         self.lm, self.prompt_sets, self.eps, self.template = lm, prompt_sets, eps, template
-        self.decoding, self.batch_size = decoding, batch_size
+        self.decoding, self.batch_size, self.surprise_limit = decoding, batch_size, surprise_limit
         self.judge = RefusalJudge()
         self._cache: dict[tuple, AsrResult] = {}
         self.answers: dict[tuple, list[str]] = {}
+        self.surprise: dict[tuple, list[float]] = {}
 
     def run(self, prompt_set: str, heads: Sequence[Head], mode: Mode) -> AsrResult:
         """The judged answers of a prompt set with `heads` ablated."""
@@ -61,7 +65,12 @@ class Evaluator:
                 self.lm, self.prompt_sets[prompt_set], list(heads), mode, self.eps, self.template,
                 self.decoding, self.batch_size,
             )  # fmt: skip
-            self._cache[key] = attack_success(self.judge(a) for a in answers)
+            incoherent = None
+            if self.surprise_limit is not None:
+                prompts = self.prompt_sets[prompt_set]
+                self.surprise[key] = surprise(self.lm, prompts, answers, self.template, self.batch_size)
+                incoherent = [value > self.surprise_limit for value in self.surprise[key]]
+            self._cache[key] = attack_success([self.judge(a) for a in answers], incoherent)
             self.answers[key] = answers
         return self._cache[key]
 

@@ -24,6 +24,7 @@ from . import __version__
 from .ablation import DEFAULT_EPS, MODES, format_head
 from .answers import DecodingConfig
 from .attribution import RANKINGS, attribute, random_heads
+from .coherence import calibrate_limit
 from .datasets import HARMFUL_SETS, load_prompts, resolve
 from .evaluation import Evaluator
 from .models import TEMPLATES, LoadedModel, default_model, sha256_file
@@ -123,7 +124,10 @@ def evaluate_all(args, lm: LoadedModel, results: dict[tuple[str, str], Precomput
     sets = {name: load_prompts(name, n=args.n) for name in args.sets}
     sets["xstest_safe"] = load_prompts("xstest_safe", n=args.n_xstest)
     decoding = DecodingConfig(max_new_tokens=args.max_new_tokens)
-    evaluator = Evaluator(lm, sets, args.eps, args.template, decoding, args.gen_batch_size)
+    benign = load_prompts(args.benign, n=args.n_benign)
+    print(f"calibrating the coherence limit on {len(benign)} {args.benign} prompts", file=sys.stderr)
+    coherence = calibrate_limit(lm, benign, args.template, args.max_new_tokens, batch_size=args.gen_batch_size)
+    evaluator = Evaluator(lm, sets, args.eps, args.template, decoding, args.gen_batch_size, coherence["limit"])
     intact = {name: evaluator.run(name, [], "UA") for name in sets}
     refusal = {name: result.refusal for name, result in intact.items()}
     ablations = [evaluator.ablation("none", "UA", "-", name, []).to_json() for name in args.sets]
@@ -148,6 +152,12 @@ def evaluate_all(args, lm: LoadedModel, results: dict[tuple[str, str], Precomput
         "opening_refusal": {name: result.opening_refusal for name, result in intact.items()},
         "degenerate": {name: result.degenerate for name, result in intact.items()},
         "ablations": ablations,
+        "coherence": {
+            "rule": "degenerate = under 32 characters, or a repeated substring, or the intact model's mean "
+            "surprise (nats per token, given the prompt) above the limit",
+            "calibration_set": prompt_set_provenance(args.benign, len(benign)),
+            **coherence,
+        },
         "provenance": {
             **lm.provenance,
             "eps": args.eps,
@@ -164,8 +174,10 @@ def evaluate_all(args, lm: LoadedModel, results: dict[tuple[str, str], Precomput
     path.write_text(json.dumps(summary, indent=1) + "\n")
     answers_path = path.with_name("answers.jsonl")
     with open(answers_path, "w") as f:
-        for (prompt_set, mode, heads), answers in evaluator.answers.items():
-            f.write(json.dumps({"set": prompt_set, "mode": mode, "heads": heads, "answers": answers}) + "\n")
+        for key, answers in evaluator.answers.items():
+            prompt_set, mode, heads = key
+            row = {"set": prompt_set, "mode": mode, "heads": heads, "answers": answers}
+            f.write(json.dumps(row | {"surprise": evaluator.surprise.get(key)}) + "\n")
     return path
 
 
