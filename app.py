@@ -32,6 +32,7 @@ from safety_heads.app_logic import (
     attention_pattern,
     badge_html,
     check_prompt,
+    coherence_limit,
     evaluate_set,
     evaluation_sets,
     head_options,
@@ -45,6 +46,7 @@ from safety_heads.app_logic import (
     to_number,
     write_record,
 )
+from safety_heads.coherence import judge_answers
 from safety_heads.judge import RefusalJudge
 from safety_heads.models import ModelLoadError
 from safety_heads.precomputed import PrecomputedError
@@ -218,7 +220,7 @@ def compare(model, prompt, checked, typed, mode, eps, decoding, max_new_tokens, 
         intact = ablated = ""
         for intact, ablated in stream_pair(lm, prompt, heads, mode, eps, "chat", config):
             yield intact, ablated, pending, pending, None
-        verdicts = judge(intact), judge(ablated)
+        verdicts, _ = judge_answers(lm, judge, [prompt, prompt], [intact, ablated], coherence_limit(model))
         record = run_record(lm, prompt, heads, mode, eps, config, (intact, verdicts[0]), (ablated, verdicts[1]))
         path = str(write_record(record, EXPORT_DIR))
         yield intact, ablated, badge_html(verdicts[0]), badge_html(verdicts[1]), path
@@ -264,7 +266,8 @@ def evaluate(model, prompt_set, n, checked, typed, mode, eps, decoding, max_new_
         config = decoding_config(decoding, max_new_tokens, seed)
         step = lambda done, total, what: progress((done, total), desc=what, unit="answers")  # noqa: E731
         n, eps = to_number(n, "N", True), to_number(eps, "ε")
-        result = evaluate_set(lm, prompt_set, n, heads, mode, eps, config, judge, progress=step)
+        limit = coherence_limit(model)
+        result = evaluate_set(lm, prompt_set, n, heads, mode, eps, config, judge, progress=step, surprise_limit=limit)
         rates = {
             run: {
                 "ASR": r.asr,

@@ -29,6 +29,7 @@ import torch
 from . import __version__
 from .ablation import Head, Mode, ablate, check_eps, format_head, parse_heads
 from .answers import DecodingConfig, generate_many
+from .coherence import judge_answers
 from .datasets import HARMFUL_SETS, KNOWN_SETS, datasets_dir, load_prompts
 from .judge import AsrResult, RefusalJudge, Verdict, attack_success
 from .models import (
@@ -43,7 +44,7 @@ from .models import (
     encode,
     load_catalog_model,
 )
-from .precomputed import PRECOMPUTED_DIR, Precomputed, PrecomputedError, available, load, path_for
+from .precomputed import PRECOMPUTED_DIR, Precomputed, PrecomputedError, available, load, model_slug, path_for
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 # The prompt sets the precomputed head lists come from, as shown on screen.
@@ -381,6 +382,7 @@ def evaluate_set(
     judge: RefusalJudge,
     template: Template = "chat",
     progress: Progress | None = None,
+    surprise_limit: float | None = None,
 ) -> SetEvaluation:
     """Answer N prompts intact, with `heads` ablated, and with as many random heads (seed: decoding.seed)."""
     if not heads:
@@ -401,9 +403,20 @@ def evaluate_set(
 
         step(0, len(prompts))
         answers[run] = generate_many(lm, prompts, run_heads, mode, eps, template, decoding, progress=step)
-    verdicts = {run: [judge(a) for a in texts] for run, texts in answers.items()}
+    verdicts = {
+        run: judge_answers(lm, judge, prompts, texts, surprise_limit, template)[0] for run, texts in answers.items()
+    }
     results = {run: attack_success(v) for run, v in verdicts.items()}
     return SetEvaluation(prompt_set, prompts, runs, answers, verdicts, results)
+
+
+def coherence_limit(model: str, root: Path | None = None) -> float | None:
+    """The word-salad limit that `precompute --evaluate` calibrated for this model (its summary.json), if any."""
+    path = (precomputed_root() if root is None else root) / model_slug(model) / "summary.json"
+    try:
+        return float(json.loads(path.read_text(encoding="utf-8"))["coherence"]["limit"])
+    except (OSError, ValueError, KeyError, TypeError):  # none calibrated, or a damaged file: text rules only
+        return None
 
 
 def evaluation_sets() -> list[str]:

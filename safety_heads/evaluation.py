@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 from .ablation import Head, Mode
 from .answers import DecodingConfig, generate_many
-from .coherence import surprise
+from .coherence import judge_answers
 from .judge import AsrResult, RefusalJudge, attack_success
 from .models import LoadedModel, Template
 
@@ -55,7 +55,7 @@ class Evaluator:
         self.judge = RefusalJudge()
         self._cache: dict[tuple, AsrResult] = {}
         self.answers: dict[tuple, list[str]] = {}
-        self.surprise: dict[tuple, list[float]] = {}
+        self.surprise: dict[tuple, list[float] | None] = {}
 
     def run(self, prompt_set: str, heads: Sequence[Head], mode: Mode) -> AsrResult:
         """The judged answers of a prompt set with `heads` ablated."""
@@ -65,12 +65,11 @@ class Evaluator:
                 self.lm, self.prompt_sets[prompt_set], list(heads), mode, self.eps, self.template,
                 self.decoding, self.batch_size,
             )  # fmt: skip
-            incoherent = None
-            if self.surprise_limit is not None:
-                prompts = self.prompt_sets[prompt_set]
-                self.surprise[key] = surprise(self.lm, prompts, answers, self.template, self.batch_size)
-                incoherent = [value > self.surprise_limit for value in self.surprise[key]]
-            self._cache[key] = attack_success([self.judge(a) for a in answers], incoherent)
+            prompts = self.prompt_sets[prompt_set]
+            verdicts, self.surprise[key] = judge_answers(
+                self.lm, self.judge, prompts, answers, self.surprise_limit, self.template, self.batch_size
+            )
+            self._cache[key] = attack_success(verdicts)
             self.answers[key] = answers
         return self._cache[key]
 
