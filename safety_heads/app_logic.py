@@ -44,7 +44,7 @@ from .models import (
     encode,
     load_catalog_model,
 )
-from .precomputed import PRECOMPUTED_DIR, Precomputed, PrecomputedError, available, load, model_slug, path_for
+from .precomputed import PRECOMPUTED_DIR, Precomputed, PrecomputedError, available, load, model_slug
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 # The prompt sets the precomputed head lists come from, as shown on screen.
@@ -194,28 +194,6 @@ class ModelCache:
 # Head options: the precomputed top-10 of one model x prompt set x mode.
 
 
-def read_precomputed(model: str, prompt_set: str, mode: str, root: Path) -> Precomputed:
-    """`precomputed.load`, plus a check of every part the app reads, so that a damaged file becomes a note."""
-    try:
-        pre = load(model, prompt_set, mode, root)  # it lets AttributeError through ("scores": null)
-        if not all(isinstance(part, dict) for part in (pre.scores, pre.top10, pre.provenance)):
-            raise TypeError("scores, top10 and provenance must be JSON objects")
-        if not isinstance(pre.provenance.get("prompt_set") or {}, dict):
-            raise TypeError("provenance.prompt_set must be a JSON object")
-        for matrix in pre.scores.values():
-            np.asarray(matrix, dtype=float)  # strings or ragged rows raise here
-        for name, top in pre.top10.items():
-            for layer, head, score in top:
-                float(score)
-                if not (isinstance(layer, int) and isinstance(head, int)):
-                    raise TypeError(f"top10 {name!r} names head {layer!r}-{head!r}")
-                if not (0 <= layer < pre.n_layers and 0 <= head < pre.n_heads):
-                    raise ValueError(f"top10 {name!r} names head {layer}-{head}, outside the score matrix")
-    except (AttributeError, TypeError, ValueError) as err:
-        raise PrecomputedError(f"Precomputed file {path_for(model, prompt_set, mode, root)} is corrupt: {err}") from err
-    return pre
-
-
 def ranking_names(pre: Precomputed) -> list[str]:
     names = sorted(pre.top10)
     return [r for r in PREFERRED_RANKINGS if r in names] + [r for r in names if r not in PREFERRED_RANKINGS]
@@ -240,7 +218,7 @@ def head_options(
     root = precomputed_root() if root is None else root
     set_label = PROMPT_SET_LABELS.get(prompt_set, prompt_set)
     try:
-        pre = read_precomputed(model, prompt_set, mode, root)
+        pre = load(model, prompt_set, mode, root)
     except PrecomputedError as err:
         missing = "No precomputed" in str(err)
         why = "are not computed yet" if missing else f"could not be read ({err})"
@@ -433,7 +411,7 @@ def rankings_across(ranking: str | None, root: Path | None = None) -> dict[str, 
     out: dict[str, list[tuple[Head, float]]] = {}
     for slug, prompt_set, mode in available(root):
         try:
-            pre = read_precomputed(slug, prompt_set, mode, root)
+            pre = load(slug, prompt_set, mode, root)
         except PrecomputedError:
             continue
         names = ranking_names(pre)

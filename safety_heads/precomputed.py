@@ -58,14 +58,30 @@ def load(model: str, prompt_set: str, mode: str, root: Path = PRECOMPUTED_DIR) -
     if not path.is_file():
         raise PrecomputedError(f"No precomputed scores for {model} / {prompt_set} / {mode} ({path})")
     try:
-        data = json.loads(path.read_text())
-        result = Precomputed(**data)
-        for name, matrix in result.scores.items():
-            if len(matrix) != result.n_layers or any(len(row) != result.n_heads for row in matrix):
-                raise ValueError(f"score matrix {name!r} is not {result.n_layers} x {result.n_heads}")
+        result = Precomputed(**json.loads(path.read_text()))
+        _check(result)
         return result
-    except (ValueError, TypeError, KeyError) as err:
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
         raise PrecomputedError(f"Precomputed file {path} is corrupt: {err}") from err
+
+
+def _check(result: Precomputed) -> None:
+    """Every part a reader uses has its type and shape, so a damaged file fails here, not deep in a caller."""
+    if not all(isinstance(part, dict) for part in (result.scores, result.top10, result.provenance)):
+        raise TypeError("scores, top10 and provenance must be JSON objects")
+    if not isinstance(result.provenance.get("prompt_set") or {}, dict):
+        raise TypeError("provenance.prompt_set must be a JSON object")
+    for name, matrix in result.scores.items():
+        if len(matrix) != result.n_layers or any(len(row) != result.n_heads for row in matrix):
+            raise ValueError(f"score matrix {name!r} is not {result.n_layers} x {result.n_heads}")
+        [float(x) for row in matrix for x in row]  # text in a matrix raises here
+    for name, top in result.top10.items():
+        for layer, head, score in top:
+            float(score)
+            if not (isinstance(layer, int) and isinstance(head, int)):
+                raise TypeError(f"top10 {name!r} names head {layer!r}-{head!r}")
+            if not (0 <= layer < result.n_layers and 0 <= head < result.n_heads):
+                raise ValueError(f"top10 {name!r} names head {layer}-{head}, outside the score matrix")
 
 
 def available(root: Path = PRECOMPUTED_DIR) -> list[tuple[str, str, str]]:
