@@ -12,9 +12,14 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from safety_heads import align as A
-from safety_heads.datasets import load_prompts
+from safety_heads.datasets import datasets_dir, load_prompts
 from safety_heads.judge import RefusalJudge
 from safety_heads.models import embedded_gguf_path, format_prompt
+
+# The training data is read from the shared prompt sets; a clone without them skips these tests and says why.
+needs_datasets = pytest.mark.skipif(
+    not datasets_dir().is_dir(), reason="prompt sets not found: set SAFETY_HEADS_DATASETS or use ../shared/datasets"
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +57,7 @@ def test_question_forms_of_gerund_and_plain_imperatives():
     assert A.gerund_core("Write a poem about something sad") is None  # "something" is no gerund
 
 
+@needs_datasets
 def test_every_advbench_prompt_has_question_forms():
     for prompt in load_prompts("advbench"):
         forms = A.question_forms(prompt)
@@ -78,6 +84,7 @@ def test_refusal_topic_only_where_known():
     assert "I cannot help you pick a lock." in answers
 
 
+@needs_datasets
 def test_harmful_data_holds_both_forms_and_no_evaluation_prompt(harmful):
     sources = {e.source for e in harmful}
     assert sources == {"advbench", "advbench-question"}
@@ -92,6 +99,7 @@ def test_harmful_data_holds_both_forms_and_no_evaluation_prompt(harmful):
     assert harmful != A.harmful_data(seed=1)
 
 
+@needs_datasets
 def test_benign_prompts_are_many_and_held_out():
     prompts = A.benign_prompts(seed=0)
     by_source = {s: [p for p, source in prompts if source == s] for s in {s for _, s in prompts}}
@@ -102,6 +110,7 @@ def test_benign_prompts_are_many_and_held_out():
     A.assert_disjoint([p for p, _ in prompts])
 
 
+@needs_datasets
 def test_assert_disjoint_catches_copies_and_near_copies():
     jbb = load_prompts("jailbreakbench")[0]
     with pytest.raises(ValueError, match="near"):
