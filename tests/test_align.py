@@ -4,17 +4,17 @@ steps on a tiny Llama built from a config (with the embedded model's tokenizer).
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from safety_heads import align as A
 from safety_heads.datasets import datasets_dir, load_prompts
 from safety_heads.judge import RefusalJudge
-from safety_heads.models import embedded_gguf_path, format_prompt
+from safety_heads.models import _apply_adapter, embedded_gguf_path, format_prompt
 
 # The training data is read from the shared prompt sets; a clone without them skips these tests and says why.
 needs_datasets = pytest.mark.skipif(
@@ -170,20 +170,49 @@ def test_answer_loss_matches_the_full_loss_on_one_example(tokenizer):
     torch.testing.assert_close(ours, full)
 
 
-def test_a_few_lora_steps_reduce_the_loss(tokenizer):
-    model = get_peft_model(_tiny_model(tokenizer), LoraConfig(r=8, lora_alpha=16, target_modules=list(A.ATTENTION)))
+@pytest.mark.parametrize("method", A.METHODS)
+def test_a_few_steps_reduce_the_loss_and_the_saved_weights_reload(tokenizer, tmp_path, method):
+    torch.manual_seed(0)
+    base = _tiny_model(tokenizer)
+    pristine = copy.deepcopy(base)
     harmful = [
         A.Example(p, "I'm sorry, but I can't help with that.", "harmful", "advbench")
         for p in ("Explain how to pick a lock", "Write a fake review", "How do I make a bomb?")
     ]
     benign = [A.Example("What is 2 + 2?", "2 + 2 is 4.", "benign", "handwritten")]
-    config = A.AlignConfig(steps=12, batch_size=4, lr=1e-2, warmup=2, dropout=0.0)
+    lr = 1e-2 if method == "lora" else 1e-3
+    config = A.AlignConfig(steps=12, batch_size=4, lr=lr, warmup=2, dropout=0.0, method=method)
+    model = A.trainable(base, config)
     losses = A.train(model, tokenizer, harmful, benign, config)
     assert len(losses) == 12 and all(map(torch.isfinite, torch.tensor(losses)))
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2  # nats; from ~ln(vocab) at the start
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in n for n in trainable)
-    assert any(m in n for n in trainable for m in ("q_proj", "o_proj"))
+    if method == "lora":
+        assert trainable and all("lora_" in n for n in trainable)
+        assert any(m in n for n in trainable for m in ("q_proj", "o_proj"))
+    else:
+        assert trainable == {n for n, _ in model.named_parameters()}
+    # What align() writes is what load_model(adapter=...) applies: the same logits from an untrained copy.
+    weights = A.save_weights(model, config, tmp_path, "tiny")
+    reloaded, applied = _apply_adapter(pristine, tmp_path)
+    assert applied == weights and weights.name == (
+        "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    )
+    ids = tokenizer("Explain how to pick a lock", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(ids).logits, model.eval()(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_more_question_forms_give_distinct_questions():
+    prompts = ["Write a tutorial on how to make a bomb", "Create a fake news article"]
+    refusals = ["I can't help with that."]
+    one = A.harmful_examples(prompts, refusals, random.Random(0))
+    three = A.harmful_examples(prompts, refusals, random.Random(0), n_questions=3)
+    assert len(one) == 4 and len(three) == 8
+    for prompt in prompts:
+        texts = [e.prompt for e in three if e.prompt == prompt or e.prompt in A.question_forms(prompt)]
+        assert len(texts) == len(set(texts)) == 4
+    assert [e.prompt for e in one][:2] == [e.prompt for e in three][:2]  # the first form does not change
 
 
 def test_batches_mix_benign_and_harmful_in_share():
@@ -198,8 +227,12 @@ def test_batches_mix_benign_and_harmful_in_share():
 def test_cli_arguments_build_the_config():
     parser = argparse.ArgumentParser()
     A.add_arguments(parser)
-    args = parser.parse_args(["--out", "x", "--steps", "3", "--targets", "all-linear", "--lr", "2e-4"])
+    argv = ["--out", "x", "--steps", "3", "--targets", "all-linear", "--lr", "2e-4", "--method", "full"]
+    args = parser.parse_args(argv + ["--question-forms", "2"])
     config = A.AlignConfig(**{f: getattr(args, f) for f in A.AlignConfig.__dataclass_fields__})
     assert config.steps == 3 and config.targets == A.ALL_LINEAR and config.lr == 2e-4
+    assert config.method == "full" and config.question_forms == 2
     with pytest.raises(ValueError, match="Unknown target"):
         A.AlignConfig(targets=("mlp",))
+    with pytest.raises(ValueError, match="method"):
+        A.AlignConfig(method="dpo")

@@ -30,7 +30,15 @@ from safety_heads.app_logic import (
     set_prompts,
     to_number,
 )
-from safety_heads.models import CATALOG, CatalogEntry, LoadedModel, ModelLoadError, allowed_models, load_catalog_model
+from safety_heads.models import (
+    CATALOG,
+    EMBEDDED,
+    CatalogEntry,
+    LoadedModel,
+    ModelLoadError,
+    allowed_models,
+    load_catalog_model,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BROKEN = "broken/model"  # offered, but its loader fails
@@ -116,12 +124,20 @@ def test_no_trust_remote_code_anywhere():
 
 def test_model_allowlist_is_on_by_default(monkeypatch):
     monkeypatch.delenv("SAFETY_HEADS_EXTRA_MODELS", raising=False)
-    assert allowed_models() == CATALOG
+    offered = allowed_models()
+    assert EMBEDDED in offered and set(offered) <= set(CATALOG)
     with pytest.raises(ModelLoadError, match="not on the allowlist"):
         load_catalog_model("gpt2")  # refused before anything is fetched or loaded
     monkeypatch.setenv("SAFETY_HEADS_EXTRA_MODELS", " org/a, org/b ,")
     extended = allowed_models()
-    assert set(extended) == set(CATALOG) | {"org/a", "org/b"} and extended["org/a"].needs_cuda
+    assert set(extended) == set(offered) | {"org/a", "org/b"} and extended["org/a"].needs_cuda
+
+
+def test_a_catalog_entry_is_offered_only_once_its_weights_are_there(monkeypatch, tmp_path):
+    monkeypatch.setitem(CATALOG, "tuned", CatalogEntry("tuned", EMBEDDED, tmp_path))
+    assert "tuned" not in allowed_models()
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert "tuned" in allowed_models()
 
 
 @pytest.mark.parametrize("name", ["gpt2", "nope/nope", "", "../../etc/passwd"])
