@@ -66,7 +66,7 @@ CATALOG: dict[str, CatalogEntry] = {
     # An experiment: every weight fine-tuned. Its 540 MB of weights are not in the repo; the entry is
     # offered once `python -m safety_heads align` has written them (the command is in its model card).
     EMBEDDED_SAFETY_FULL: CatalogEntry(
-        "SmolLM2-135M-Instruct Q4_1, fully fine-tuned for safety", EMBEDDED, ADAPTERS_DIR / "smollm2-safety-full"
+        "SmolLM2-135M-Instruct (from Q4_1), fully fine-tuned for safety", EMBEDDED, ADAPTERS_DIR / "smollm2-safety-full"
     ),
     "meta-llama/Llama-2-7b-chat-hf": CatalogEntry(
         "Llama-2-7b-chat (4-bit)", "meta-llama/Llama-2-7b-chat-hf", needs_cuda=True
