@@ -9,39 +9,59 @@ last-layer, last-token hidden state. From those alone come:
   log-probability of the intact answer's first token on harmful prompts (the token that starts the
   refusal), minus the mean KL the same ablation causes on benign prompts. Both are in nats: a head scores
   high only if removing it stops the refusal from starting while leaving ordinary answers alone.
-Sahara then adds heads greedily on the subspace angle.
+Two greedy group searches follow: Sahara (the paper's) adds heads on the subspace angle; "refusal_group"
+(ours) adds the head that most raises the group's refusal score, among the single-head refusal ranking's top
+candidates (a shortlist, so a CPU can afford it; the shortlist size is recorded).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from .ablation import Head, Mode
-from .models import LoadedModel, Template
-from .sahara import SaharaStep, sahara
+from .models import LoadedModel
 from .ships import (
     ActivationSet,
     Progress,
     _logits,
     all_heads,
     kl_from_logits,
-    record_prompts,
     subspace_angle,
     sweep,
 )
 
 RANKINGS = ("ships", "generalized", "refusal")
-StageProgress = Callable[[str, int, int], None]  # (stage, done, total)
+GROUP_SEARCHES = ("sahara", "refusal_group")
 
 
 @dataclass
 class Attribution:
     scores: dict[str, torch.Tensor]  # ranking -> (n_layers, n_heads)
-    sahara: list[SaharaStep]
     refusal_tokens: list[str]  # the intact first answer token per harmful prompt
+    acts: ActivationSet  # the harmful prompts' intact runs, for the group searches
+
+
+def _first_token_drop(base_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """(S,): how much each ablation lowers the log-probability of the intact first token (V,) -> (S, V)."""
+    token = int(base_logp.argmax())
+    return (base_logp[token] - logp[:, token]).float()
+
+
+def _base_logprobs(base) -> torch.Tensor:
+    return torch.log_softmax(base.logits.double(), -1).cpu()
+
+
+def _per_prompt_logprobs(lm: LoadedModel, hidden: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """log-softmax of the logits of (S, d) hidden states, (S, V), float64."""
+    return torch.cat([torch.log_softmax(_logits(lm, h).double(), -1).cpu() for h in hidden.split(batch_size)])
+
+
+def _kl(lm: LoadedModel, base, hidden: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(S,): next-token KL(intact || ablated) for (S, d) ablated hidden states."""
+    return torch.cat([kl_from_logits(base.logits, _logits(lm, h)).cpu() for h in hidden.split(batch_size)]).float()
 
 
 def _sweep_all(
@@ -57,61 +77,107 @@ def _sweep_all(
     return out
 
 
-def _per_prompt_logprobs(lm: LoadedModel, hidden: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """log-softmax of the logits of (S, d) hidden states, (S, V), float64."""
-    return torch.cat([torch.log_softmax(_logits(lm, h).double(), -1).cpu() for h in hidden.split(batch_size)])
+@torch.no_grad()
+def benign_kl(
+    lm: LoadedModel,
+    benign: ActivationSet,
+    mode: Mode,
+    eps: float,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """(n_layers, n_heads): the mean next-token KL each single-head ablation causes on benign prompts.
+
+    It depends on the mode, not on the harmful set, so one sweep serves every set of that mode.
+    """
+    ablated = _sweep_all(lm, benign, mode, eps, batch_size, progress)  # (S, N, d)
+    kl = sum(_kl(lm, base, ablated[:, n], batch_size) for n, base in enumerate(benign.bases))
+    return (kl / len(benign.bases)).view(lm.n_layers, lm.n_heads)
 
 
 @torch.no_grad()
 def attribute(
     lm: LoadedModel,
-    harmful: Sequence[str],
-    benign: Sequence[str],
+    harmful: ActivationSet,
+    benign_penalty: torch.Tensor,
     mode: Mode,
     eps: float,
-    template: Template = "chat",
     rank: int = 1,
-    sahara_size: int = 3,
     batch_size: int = 64,
-    progress: StageProgress | None = None,
+    progress: Progress | None = None,
 ) -> Attribution:
-    """All rankings of all heads for one prompt set and mode (see the module docstring)."""
+    """Every single-head ranking of all heads for one prompt set and mode, from one sweep per prompt.
+
+    `benign_penalty` is `benign_kl` for the same mode: what the refusal score subtracts.
+    """
     L, H = lm.n_layers, lm.n_heads
-
-    def stage(name: str) -> Progress:
-        return lambda done, total: progress(name, done, total) if progress else None
-
-    acts = record_prompts(lm, harmful, template)
-    ablated = _sweep_all(lm, acts, mode, eps, batch_size, stage("harmful prompts"))  # (S, N, d)
+    ablated = _sweep_all(lm, harmful, mode, eps, batch_size, progress)  # (S, N, d)
     ships_scores = torch.zeros(L * H)
     refusal_drop = torch.zeros(L * H)
     first_tokens = []
-    for n, base in enumerate(acts.bases):
-        base_logp = torch.log_softmax(base.logits.double(), -1).cpu()
-        token = int(base_logp.argmax())
-        first_tokens.append(lm.tokenizer.decode([token]))
+    for n, base in enumerate(harmful.bases):
+        base_logp = _base_logprobs(base)
+        first_tokens.append(lm.tokenizer.decode([int(base_logp.argmax())]))
         logp = _per_prompt_logprobs(lm, ablated[:, n], batch_size)  # (S, V)
         ships_scores += (base_logp.exp() * (base_logp - logp)).sum(-1).clamp_min(0).float()
-        refusal_drop += (base_logp[token] - logp[:, token]).float()
-    matrix = acts.matrix
+        refusal_drop += _first_token_drop(base_logp, logp)
+    matrix = harmful.matrix
     generalized = torch.tensor([subspace_angle(matrix, ablated[s], rank) for s in range(L * H)])
-
-    benign_acts = record_prompts(lm, benign, template)
-    benign_kl = torch.zeros(L * H)
-    benign_ablated = _sweep_all(lm, benign_acts, mode, eps, batch_size, stage("benign prompts"))
-    for n, base in enumerate(benign_acts.bases):
-        benign_kl += torch.cat(
-            [kl_from_logits(base.logits, _logits(lm, h)).cpu() for h in benign_ablated[:, n].split(batch_size)]
-        ).float()
-
     scores = {
-        "ships": (ships_scores / len(harmful)).view(L, H),
+        "ships": (ships_scores / len(harmful.bases)).view(L, H),
         "generalized": generalized.view(L, H),
-        "refusal": (refusal_drop / len(harmful) - benign_kl / len(benign)).view(L, H),
+        "refusal": (refusal_drop / len(harmful.bases)).view(L, H) - benign_penalty,
     }
-    first = scores["generalized"]
-    steps = sahara(lm, acts, sahara_size, mode, eps, rank, batch_size, stage("sahara"), first) if sahara_size else []
-    return Attribution(scores, steps, first_tokens)
+    return Attribution(scores, first_tokens, harmful)
+
+
+@torch.no_grad()
+def group_refusal_scores(
+    lm: LoadedModel,
+    harmful: ActivationSet,
+    benign: ActivationSet,
+    head_sets: Sequence[Sequence[Head]],
+    mode: Mode,
+    eps: float,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """(S,): the refusal score of ablating each head set together (mean harmful drop minus mean benign KL)."""
+    drop = torch.zeros(len(head_sets))
+    for base in harmful.bases:
+        hidden = sweep(lm, base, head_sets, mode, eps, batch_size)
+        drop += _first_token_drop(_base_logprobs(base), _per_prompt_logprobs(lm, hidden, batch_size))
+    kl = sum(_kl(lm, base, sweep(lm, base, head_sets, mode, eps, batch_size), batch_size) for base in benign.bases)
+    return drop / len(harmful.bases) - kl / len(benign.bases)
+
+
+def refusal_group(
+    lm: LoadedModel,
+    harmful: ActivationSet,
+    benign: ActivationSet,
+    single: torch.Tensor,
+    size: int,
+    candidates: int,
+    mode: Mode,
+    eps: float,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> list[tuple[Head, float]]:
+    """Greedy: the best single head, then each step the shortlisted head that most raises the group's score.
+
+    `single` is the (n_layers, n_heads) refusal ranking; its top `candidates` heads form the shortlist.
+    """
+    order = single.flatten().argsort(descending=True)[:candidates].tolist()
+    shortlist: list[Head] = [(i // lm.n_heads, i % lm.n_heads) for i in order]
+    steps = [(shortlist[0], float(single.flatten()[order[0]]))]
+    for step in range(1, size):
+        group = [head for head, _ in steps]
+        options = [h for h in shortlist if h not in group]
+        scores = group_refusal_scores(lm, harmful, benign, [[*group, h] for h in options], mode, eps, batch_size)
+        best = int(scores.argmax())
+        steps.append((options[best], float(scores[best])))
+        if progress:
+            progress(step + 1, size)
+    return steps
 
 
 def random_heads(lm: LoadedModel, k: int, seed: int) -> list[Head]:

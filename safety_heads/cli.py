@@ -150,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("summary", type=Path, help="precomputed/<model>/summary.json")
     p.set_defaults(func=cmd_report)
 
+    from . import behaviour
+
+    p = sub.add_parser("behaviour", help="the intact model's answers to whole sets: refusal rates, refused rows")
+    behaviour.add_arguments(p)
+    p.set_defaults(func=behaviour.run)
+
     from . import align
 
     p = sub.add_parser("align", help="train the safety adapter that makes the embedded model refuse")

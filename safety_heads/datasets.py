@@ -37,22 +37,26 @@ def resolve(name_or_path: str | Path) -> tuple[Path, str | None]:
     return Path(name_or_path), None
 
 
+def load_stratified(name_or_path: str | Path, by: str, per_group: int) -> list[str]:
+    """The first `per_group` prompts of each value of column `by` (e.g. 5 per XSTest type), in file order."""
+    path, column = resolve(name_or_path)
+    rows = _read_rows(path, name_or_path)
+    if rows and by not in rows[0]:
+        raise ValueError(f"{path} has no column {by!r}; columns: {', '.join(rows[0])}")
+    taken: dict[str, int] = {}
+    prompts = []
+    for row in rows:
+        if taken.get(row[by], 0) < per_group and str(row.get(column or "input") or "").strip():
+            taken[row[by]] = taken.get(row[by], 0) + 1
+            prompts.append(str(row[column or "input"]).strip())
+    return prompts
+
+
 def load_prompts(name_or_path: str | Path, column: str | None = None, n: int | None = None) -> list[str]:
     """The first n non-empty prompts of a known set or of a CSV / JSONL file."""
     path, default_column = resolve(name_or_path)
     column = column or default_column or "input"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Prompt set {name_or_path!r} not found at {path} (set SAFETY_HEADS_DATASETS or pass a path)"
-        )
-    if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    elif path.suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
-    else:
-        raise ValueError(f"{path}: expected a .csv or .jsonl file")
+    rows = _read_rows(path, name_or_path)
     if rows and column not in rows[0]:
         raise ValueError(f"{path} has no column {column!r}; columns: {', '.join(rows[0])}")
     prompts = [str(row[column]).strip() for row in rows if str(row.get(column) or "").strip()]
@@ -61,3 +65,17 @@ def load_prompts(name_or_path: str | Path, column: str | None = None, n: int | N
             raise ValueError(f"n must be at least 1; got {n}")
         prompts = prompts[:n]
     return prompts
+
+
+def _read_rows(path: Path, name_or_path: str | Path) -> list[dict]:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Prompt set {name_or_path!r} not found at {path} (set SAFETY_HEADS_DATASETS or pass a path)"
+        )
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    if path.suffix == ".csv":
+        with open(path, encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+    raise ValueError(f"{path}: expected a .csv or .jsonl file")

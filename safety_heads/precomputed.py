@@ -33,9 +33,16 @@ class Precomputed:
     sahara: list[tuple[int, int, float]] = field(default_factory=list)  # (layer, head, angle after adding it)
     provenance: dict = field(default_factory=dict)
     command: str = ""
+    # Other greedy group searches: name -> [(layer, head, the group's score after adding it)], in order.
+    groups: dict[str, list[tuple[int, int, float]]] = field(default_factory=dict)
 
     def top_heads(self, ranking: str, k: int = 10) -> list[Head]:
         return [(layer, head) for layer, head, _ in self.top10[ranking][:k]]
+
+    def heads(self, ranking: str, k: int) -> list[Head] | None:
+        """A ranking's top k, or a group search's first k heads; None where the file has no k heads of it."""
+        found = self.top10.get(ranking) or (self.sahara if ranking == "sahara" else self.groups.get(ranking, []))
+        return [(layer, head) for layer, head, _ in found[:k]] if len(found) >= k else None
 
 
 class PrecomputedError(RuntimeError):

