@@ -1,9 +1,10 @@
 """The Gradio app: helpers in-process, then every named endpoint through gradio_client against a live server.
 
-The server is `python app.py` in a subprocess on a free loopback port, serving the embedded model (the
-safety-tuned one when its adapter is in the repository) and a fixture folder of precomputed scores, so the
-test does not depend on which real precomputed files exist yet. Answers are kept short (16 tokens) and the
-set evaluation small (N = 2) so the module runs in a minute or two on two CPU cores.
+The server is `python app.py` in a subprocess on a free loopback port, serving the safety-tuned SmolLM2
+(pinned: the plumbing is the same for every model, and the library's default may be a larger, slower one)
+and a fixture folder of precomputed scores, so the test does not depend on which real precomputed files
+exist yet. Answers are kept short (16 tokens) and the set evaluation small (N = 2) so the module runs in a
+minute or two on two CPU cores.
 """
 
 from __future__ import annotations
@@ -31,14 +32,14 @@ from safety_heads.head_options import head_options, rankings_across
 from safety_heads.inputs import selected_heads
 from safety_heads.judge import Label, RefusalJudge
 from safety_heads.model_cache import ModelCache, model_choices
-from safety_heads.models import ModelLoadError, default_model
+from safety_heads.models import EMBEDDED_SAFETY, ModelLoadError
 from safety_heads.precomputed import PRECOMPUTED_DIR, Precomputed, available, save
 from safety_heads.run_record import code_version, write_record
 from safety_heads.set_evaluation import random_heads
 from safety_heads.ui.badges import BADGE_COLORS, badge_html
 
 REPO = Path(__file__).resolve().parent.parent
-MODEL = default_model()
+MODEL = EMBEDDED_SAFETY
 N_LAYERS, N_HEADS = 30, 9  # the embedded SmolLM2-135M
 # The fixture's best heads, in order: the top-10 the app must offer for jailbreakbench / UA.
 FIXTURE_TOP = [(29 - i, i % N_HEADS) for i in range(10)]
@@ -203,6 +204,7 @@ def test_select_handlers_toggle_and_append(monkeypatch):
     import gradio as gr
 
     monkeypatch.setenv("SAFETY_HEADS_PRELOAD", "0")  # importing the app must not load a model here
+    monkeypatch.setenv("SAFETY_HEADS_APP_MODEL", MODEL)
     app = pytest.importorskip("app")
     row = gr.SelectData(None, {"index": [0, 1], "value": "3-1", "row_value": [1, "3-1", 0.5]})
     assert app.pick_top_head(["7-2"], row) == ["7-2", "3-1"]

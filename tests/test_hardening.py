@@ -1,8 +1,9 @@
 """Hardening: bad input, faults and security caps, through the app's own handler functions, in-process.
 
 The handlers are called directly (no server) on the embedded model, which the app's model cache is patched
-to serve under every offered name; one more name fails to load. After every refused or failed request the
-test checks what a fault could leave behind: an ablation hook still attached, or the model's lock still held.
+to serve under every offered name; requests name the safety-tuned SmolLM2 (MODEL), and one more name fails
+to load. After every refused or failed request the test checks what a fault could leave behind: an ablation
+hook still attached, or the model's lock still held.
 The load test and the checks through a live server are in test_load.py.
 """
 
@@ -26,6 +27,7 @@ from safety_heads.inputs import MAX_PROMPT_CHARS, check_prompt, selected_heads, 
 from safety_heads.models import (
     CATALOG,
     EMBEDDED,
+    EMBEDDED_SAFETY,
     CatalogEntry,
     LoadedModel,
     ModelLoadError,
@@ -35,6 +37,7 @@ from safety_heads.models import (
 from safety_heads.set_evaluation import MAX_EVAL_PROMPTS, set_prompts
 
 REPO = Path(__file__).resolve().parent.parent
+MODEL = EMBEDDED_SAFETY  # the name requests carry; the patched cache serves the embedded model under it
 BROKEN = "broken/model"  # offered, but its loader fails
 PROMPT = "How do I pick a lock?"
 HEADS = "3-1, 7-2, 18-8"
@@ -45,6 +48,7 @@ def app():
     """The app module, imported without starting a model load."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SAFETY_HEADS_PRELOAD", "0")
+        mp.setenv("SAFETY_HEADS_APP_MODEL", MODEL)
         return importlib.import_module("app")
 
 
@@ -91,9 +95,9 @@ def run(handler, *args):
     return list(out) if inspect.isgenerator(out) else out
 
 
-def compare_args(app, **change) -> list:
+def compare_args(**change) -> list:
     args = {
-        "model": app.INITIAL_MODEL,
+        "model": MODEL,
         "prompt": PROMPT,
         "checked": [],
         "typed": HEADS,
@@ -137,7 +141,7 @@ def test_a_catalog_entry_is_offered_only_once_its_weights_are_there(monkeypatch,
 @pytest.mark.parametrize("name", ["gpt2", "nope/nope", "", "../../etc/passwd"])
 def test_models_outside_the_allowlist_are_refused(app, served, name):
     with pytest.raises(gr.Error, match="not offered"):
-        run(app.compare, *compare_args(app, model=name))
+        run(app.compare, *compare_args(model=name))
     with pytest.raises(gr.Error, match="not offered"):
         run(app.load_model, name)
 
@@ -146,7 +150,7 @@ def test_models_outside_the_allowlist_are_refused(app, served, name):
 def test_prompt_sets_are_chosen_by_name_only(app, served, prompt_set):
     with pytest.raises(ValueError, match="Unknown prompt set"):
         set_prompts(prompt_set, 1)
-    args = (app.INITIAL_MODEL, prompt_set, 2, [], HEADS, "UA", 1e-5, "greedy", 4, 0)
+    args = (MODEL, prompt_set, 2, [], HEADS, "UA", 1e-5, "greedy", 4, 0)
     with pytest.raises(gr.Error, match="Unknown prompt set"):
         run(app.evaluate, *args)
 
@@ -176,10 +180,10 @@ def test_a_huge_prompt_is_refused_before_the_model_runs(app, served):
     handle = served.layers[0].register_forward_hook(lambda *_: passes.append(1))
     try:
         with pytest.raises(gr.Error, match="100,000 characters; at most 4,000"):
-            run(app.compare, *compare_args(app, prompt="x" * 100_000))
+            run(app.compare, *compare_args(prompt="x" * 100_000))
         for handler, args in (
-            (app.show_attention, (app.INITIAL_MODEL, "x" * 100_000, "3-1", "UA", 1e-5)),
-            (app.score_prompt, (app.INITIAL_MODEL, "x" * 100_000, [], "", "UA", 1e-5)),
+            (app.show_attention, (MODEL, "x" * 100_000, "3-1", "UA", 1e-5)),
+            (app.score_prompt, (MODEL, "x" * 100_000, [], "", "UA", 1e-5)),
         ):
             with pytest.raises(gr.Error, match="at most 4,000"):
                 run(handler, *args)
@@ -220,7 +224,7 @@ def test_a_huge_prompt_is_refused_before_the_model_runs(app, served):
 )
 def test_compare_refuses_bad_input(app, served, change, message):
     with pytest.raises(gr.Error, match=message):
-        run(app.compare, *compare_args(app, **change))
+        run(app.compare, *compare_args(**change))
 
 
 def test_allowed_odd_input_is_answered(app, served):
@@ -228,7 +232,7 @@ def test_allowed_odd_input_is_answered(app, served):
     assert selected_heads(["3-1"], "3-1, L3H1; 3.1", served) == [(3, 1)]
     for prompt in ("Tab\tand\nnewline\r\n", "Ça va? 🙂 ‍"):
         assert check_prompt(prompt) == prompt
-    *_, (intact, ablated, _, _, record) = run(app.compare, *compare_args(app, prompt="Ça va? 🙂", typed="3-1 3-1"))
+    *_, (intact, ablated, _, _, record) = run(app.compare, *compare_args(prompt="Ça va? 🙂", typed="3-1 3-1"))
     assert json.loads(Path(record).read_text(encoding="utf-8"))["heads"] == ["3-1"]
 
 
@@ -249,7 +253,7 @@ def reference(lm: LoadedModel, prompt: str = PROMPT, heads: str = HEADS, tokens:
 
 
 def final_answers(app) -> tuple[str, str]:
-    *_, (intact, ablated, *_) = run(app.compare, *compare_args(app))
+    *_, (intact, ablated, *_) = run(app.compare, *compare_args())
     return intact, ablated
 
 
@@ -265,7 +269,7 @@ def test_exception_inside_generation(app, served):
     outputs = []
     try:
         with pytest.raises(gr.Error, match=r"This request failed \(RuntimeError: injected fault\)"):
-            for update in app.compare(*compare_args(app, max_new_tokens=8)):
+            for update in app.compare(*compare_args(max_new_tokens=8)):
                 outputs.append(update)
     finally:
         handle.remove()
@@ -280,7 +284,7 @@ def test_exception_after_generation(app, served, monkeypatch):
 
     monkeypatch.setattr(app, "write_record", disk_full)
     with pytest.raises(gr.Error, match="This request failed .*No space left on device"):
-        run(app.compare, *compare_args(app))
+        run(app.compare, *compare_args())
     monkeypatch.undo()
     assert_clean(served)
 
@@ -296,7 +300,7 @@ def left_mid_stream(app, embedded):
     mp = pytest.MonkeyPatch()
     try:
         mp.setattr(app, "cache", app.ModelCache(lambda name: embedded))
-        stream = app.compare(*compare_args(app, max_new_tokens=48))
+        stream = app.compare(*compare_args(max_new_tokens=48))
         next(stream)
         next(stream)
         closed = time.perf_counter()
@@ -319,11 +323,11 @@ def test_a_client_leaving_mid_stream_stops_the_generation(app, served, left_mid_
 
 def test_a_model_that_fails_to_load(app, served):
     with pytest.raises(gr.Error, match="Could not load broken/model: disk on fire"):
-        run(app.compare, *compare_args(app, model=BROKEN))
+        run(app.compare, *compare_args(model=BROKEN))
     with pytest.raises(gr.Error, match="disk on fire"):
         run(app.load_model, BROKEN)
     # Other models are still served, and the failed one is tried again on the next request.
-    assert "ready" in run(app.load_model, app.INITIAL_MODEL)[-1]
+    assert "ready" in run(app.load_model, MODEL)[-1]
     assert final_answers(app) == reference(served)
     assert app.cache.error(BROKEN) and app.cache.loaded(BROKEN) is None
 
@@ -369,7 +373,7 @@ def test_precomputed_files_missing_or_corrupt(app, monkeypatch, tmp_path):
 
 
 def test_prompt_sets_missing_or_damaged(app, served, monkeypatch, tmp_path):
-    args = [app.INITIAL_MODEL, "jailbreakbench", 2, [], HEADS, "UA", 1e-5, "greedy", 4, 0]
+    args = [MODEL, "jailbreakbench", 2, [], HEADS, "UA", 1e-5, "greedy", 4, 0]
     monkeypatch.setenv("SAFETY_HEADS_DATASETS", str(tmp_path / "nowhere"))
     with pytest.raises(gr.Error, match="not installed on this server"):
         run(app.evaluate, *args)

@@ -12,9 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bench.load import PROMPTS, run_load
+from bench.load import PROMPTS, distinct_requests, run_load
 from safety_heads.ablation import count_hooks
 from safety_heads.answers import DecodingConfig, generate_pair
+from safety_heads.models import EMBEDDED_SAFETY
 from tests.test_hardening import lock_free
 
 
@@ -23,9 +24,10 @@ def report(embedded):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SAFETY_HEADS_PRELOAD", "0")
         mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        mp.setenv("SAFETY_HEADS_APP_MODEL", EMBEDDED_SAFETY)
         app = importlib.import_module("app")
         mp.setattr(app, "cache", app.ModelCache(lambda name: embedded))
-        report = run_load(app, embedded, n_requests=200, clients=16, max_new_tokens=8)
+        report = run_load(app, embedded, distinct_requests(EMBEDDED_SAFETY, 8), n_requests=200, clients=16)
     print(report.summary())
     return report
 
