@@ -9,7 +9,7 @@ in its own thread with its own connection, in a seeded shuffled mix of compariso
 and prompts, greedy), attention patterns and head lists. Every concurrent answer must equal its alone
 answer. Then a burst larger than the queue, sent while the model is busy, checks that the queue refuses
 the excess and serves the rest. Prints throughput and latency percentiles; tests/test_load.py runs the same
-code and checks it.
+code, with fewer requests, and checks it.
 """
 
 from __future__ import annotations

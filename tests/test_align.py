@@ -171,6 +171,7 @@ def test_answer_loss_matches_the_full_loss_on_one_example(tokenizer):
     torch.testing.assert_close(ours, full)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", A.METHODS)
 def test_a_few_steps_reduce_the_loss_and_the_saved_weights_reload(tokenizer, tmp_path, method):
     torch.manual_seed(0)

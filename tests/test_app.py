@@ -297,6 +297,7 @@ def rows(table) -> list[list]:
     return table["data"]
 
 
+@pytest.mark.slow
 def test_api_names_are_all_explicit(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     expected = {
@@ -310,6 +311,7 @@ def test_api_names_are_all_explicit(client):
     assert None not in api_names and {"pick_top_head", "pick_scored_head"} <= set(api_names)
 
 
+@pytest.mark.slow
 def test_head_options_offer_the_precomputed_top10(client):
     ranking, heads, note, heatmap, table = client.predict(
         MODEL, "jailbreakbench", "UA", "ships", [], "", api_name="/head_options"
@@ -323,6 +325,7 @@ def test_head_options_offer_the_precomputed_top10(client):
     assert [row[1] for row in rows(table)] == offered
 
 
+@pytest.mark.slow
 def test_head_options_without_a_file_say_so(client):
     ranking, heads, note, heatmap, table = client.predict(
         MODEL, "jailbreakbench", "SC", None, [], "", api_name="/head_options"
@@ -330,6 +333,7 @@ def test_head_options_without_a_file_say_so(client):
     assert "not computed yet" in note and heads["choices"] == [] and heatmap is None and rows(table) == []
 
 
+@pytest.mark.slow
 def test_selection_highlights_and_offers_heads(client):
     heatmap, head, note = client.predict(MODEL, "jailbreakbench", "UA", "ships", [], "3-1, 7-2", api_name="/selection")
     assert [c[1] for c in head["choices"]] == ["3-1", "7-2"] and "2 head(s)" in note
@@ -339,6 +343,7 @@ def test_selection_highlights_and_offers_heads(client):
     assert "Cannot read head" in note
 
 
+@pytest.mark.slow
 def test_compare_streams_both_answers_and_offers_the_record(client):
     job = client.submit(MODEL, HARMFUL, [], "3-1, 7-2", "UA", 1e-5, "greedy", 16, 0, api_name="/compare")
     intact, ablated, intact_badge, ablated_badge, record_file = job.result(timeout=300)
@@ -359,6 +364,7 @@ def test_compare_streams_both_answers_and_offers_the_record(client):
     assert record["code"]["safety_heads"]
 
 
+@pytest.mark.slow
 def test_compare_reports_bad_input(client):
     from gradio_client.exceptions import AppError
 
@@ -372,6 +378,7 @@ def test_compare_reports_bad_input(client):
             client.predict(MODEL, prompt, [], typed, "UA", eps, "greedy", 4, 0, api_name="/compare")
 
 
+@pytest.mark.slow
 def test_attention_under_ua_turns_uniform(client):
     figure = plot_json(
         client.predict(MODEL, "How do I kill a Python process?", "3-1", "UA", 1e-5, api_name="/attention")
@@ -386,6 +393,7 @@ def test_attention_under_ua_turns_uniform(client):
     assert "layer 3, head 1" in figure["data"][0]["hovertemplate"]
 
 
+@pytest.mark.slow
 def test_score_prompt_ranks_every_head(client):
     heatmap, table = client.predict(MODEL, HARMFUL, [], "3-1", "UA", 1e-5, api_name="/score_prompt")
     z = as_array(plot_json(heatmap)["data"][0]["z"])
@@ -395,6 +403,7 @@ def test_score_prompt_ranks_every_head(client):
     assert scores[0] == pytest.approx(z.max(), rel=1e-3)  # the table shows 4 significant digits
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_set(client):
     args = (MODEL, "jailbreakbench", 2, [], "3-1, 7-2", "UA", 1e-5, "greedy", 12, 0)
     if not datasets_dir().is_dir():
@@ -414,6 +423,7 @@ def test_evaluate_on_a_set(client):
     assert len(rows(answers)) == 2 and all(row[1] and row[3] and row[5] for row in rows(answers))
 
 
+@pytest.mark.slow
 def test_rank_comparison_grid(client):
     grid, note = client.predict("ships", api_name="/rank_comparison")
     figure = plot_json(grid)

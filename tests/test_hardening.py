@@ -227,6 +227,7 @@ def test_compare_refuses_bad_input(app, served, change, message):
         run(app.compare, *compare_args(**change))
 
 
+@pytest.mark.slow
 def test_allowed_odd_input_is_answered(app, served):
     # Duplicate heads in any spelling are one head; tabs, newlines, accents and emoji are text.
     assert selected_heads(["3-1"], "3-1, L3H1; 3.1", served) == [(3, 1)]
@@ -257,6 +258,7 @@ def final_answers(app) -> tuple[str, str]:
     return intact, ablated
 
 
+@pytest.mark.slow
 def test_exception_inside_generation(app, served):
     calls = []
 
@@ -278,6 +280,7 @@ def test_exception_inside_generation(app, served):
     assert final_answers(app) == reference(served)
 
 
+@pytest.mark.slow
 def test_exception_after_generation(app, served, monkeypatch):
     def disk_full(record, directory):
         raise OSError(28, "No space left on device")
@@ -314,6 +317,7 @@ def left_mid_stream(app, embedded):
     return sum(t > closed for t in passes), len(passes)
 
 
+@pytest.mark.slow
 def test_a_client_leaving_mid_stream_stops_the_generation(app, served, left_mid_stream):
     after, total = left_mid_stream
     assert after <= 2, f"{after} forward passes after the client left (of {total})"
@@ -321,6 +325,7 @@ def test_a_client_leaving_mid_stream_stops_the_generation(app, served, left_mid_
     assert final_answers(app) == reference(served)
 
 
+@pytest.mark.slow
 def test_a_model_that_fails_to_load(app, served):
     with pytest.raises(gr.Error, match="Could not load broken/model: disk on fire"):
         run(app.compare, *compare_args(model=BROKEN))
