@@ -23,7 +23,7 @@ from safety_heads.ablation import check_eps, format_head, parse_heads
 from safety_heads.answers import DecodingConfig, stream_pair
 from safety_heads.attention import attention_pattern
 from safety_heads.coherence import judge_answers
-from safety_heads.head_options import coherence_limit, head_options, rankings_across
+from safety_heads.head_options import coherence_limit, head_options
 from safety_heads.inputs import check_prompt, heads_text, selected_heads, to_number
 from safety_heads.judge import RefusalJudge
 from safety_heads.model_cache import ModelCache, initial_model, load_for_app, model_choices
@@ -31,7 +31,7 @@ from safety_heads.models import ModelLoadError
 from safety_heads.run_record import run_record, write_record
 from safety_heads.set_evaluation import evaluate_set
 from safety_heads.ships import ships, top_heads
-from safety_heads.ui import attention_tab, compare_panel, evaluate_tab, heads_panel, live_tab, rankings_tab, scores_tab
+from safety_heads.ui import attention_tab, compare_panel, evaluate_tab, figures_tab, heads_panel, live_tab, scores_tab
 from safety_heads.ui.badges import badge_html
 from safety_heads.ui.errors import shown_to_user
 from safety_heads.ui.live_tab import pick_scored_head
@@ -199,15 +199,6 @@ def evaluate(model, prompt_set, n, checked, typed, mode, eps, decoding, max_new_
         return evaluate_tab.shown(result, title=f"{prompt_set}, first {len(result.prompts)} prompts ({mode})")
 
 
-def rank_comparison(ranking):
-    """Top-10 heads of every precomputed model x prompt set x mode, side by side."""
-    rankings = rankings_across(ranking)
-    if not rankings:
-        return None, "No precomputed head scores are available yet."
-    title = f"Top-10 heads by {ranking or 'each file’s first ranking'} (cell = rank)"
-    return plots.rank_grid(rankings, title=title), f"{len(rankings)} precomputed file(s)."
-
-
 # delete_cache: Gradio's copies of the downloadable run records go after an hour, checked hourly.
 with gr.Blocks(title="Safety heads", delete_cache=(3600, 3600)) as demo:
     gr.Markdown(NOTICE)
@@ -228,8 +219,8 @@ with gr.Blocks(title="Safety heads", delete_cache=(3600, 3600)) as demo:
             live_tab.block.render()
         with gr.Tab("Evaluate on a set"):
             evaluate_tab.block.render()
-        with gr.Tab("Compare rankings"):
-            rankings_tab.block.render()
+        with gr.Tab("Paper figures"):
+            figures_tab.block.render()
 
     # Wiring: one statement per event. Model work shares one queue slot; the ablation lock would
     # serialise it anyway, and the queue then tells each user where they stand.
@@ -280,8 +271,11 @@ with gr.Blocks(title="Safety heads", delete_cache=(3600, 3600)) as demo:
         api_name="evaluate",
         **model_work,
     )
-    rankings = [rankings_tab.plot, rankings_tab.note]
-    gr.on([demo.load, h.ranking.change], rank_comparison, [h.ranking], rankings, api_name="rank_comparison")
+    f = figures_tab
+    gr.on([demo.load, model.change], f.set_figure, [model], [f.set_plot, f.set_note], api_name="top10_by_set")
+    pair = [f.model_a, f.model_b, h.prompt_set]
+    on_pair = [demo.load, f.model_a.change, f.model_b.change, h.prompt_set.change]
+    gr.on(on_pair, f.model_figure, pair, [f.model_plot, f.model_note], api_name="top10_by_model")
 
 if __name__ == "__main__":
     demo.queue(**QUEUE).launch(show_error=True)

@@ -1,4 +1,5 @@
-"""What the precomputed files offer the app: one file's top-10 and score matrix, and the word-salad limit.
+"""What the precomputed files offer the app: one file's top-10 and score matrix, the files behind the paper's
+figures, and the word-salad limit.
 
 Missing or damaged files give a note on screen, never an error: the app works without them.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,12 +21,18 @@ from .precomputed import PRECOMPUTED_DIR, Precomputed, PrecomputedError, availab
 PROMPT_SET_LABELS = {"jailbreakbench": "JailbreakBench", "maliciousinstruct": "MaliciousInstruct"}
 # Rankings listed first when a file has them; any other ranking in the file follows, alphabetically.
 PREFERRED_RANKINGS = ("generalized", "ships")
+FIGURE_RANKING = "generalized"  # the paper's figures place and colour heads by generalized Ships
 
 
 def precomputed_root() -> Path:
     """$SAFETY_HEADS_PRECOMPUTED, else the repository's precomputed/ folder."""
     env = os.environ.get("SAFETY_HEADS_PRECOMPUTED")
     return Path(env) if env else PRECOMPUTED_DIR
+
+
+def ranked(pre: Precomputed, ranking: str) -> list[tuple[Head, float]]:
+    """The file's top-10 by `ranking` as [((layer, head), score)], best first."""
+    return [((layer, head), score) for layer, head, score in pre.top10[ranking]]
 
 
 def ranking_names(pre: Precomputed) -> list[str]:
@@ -63,7 +71,7 @@ def head_options(
     if not rankings:
         return HeadOptions(f"The precomputed file for {model} / {set_label} / {mode} holds no ranking.", pre=pre)
     ranking = ranking if ranking in rankings else rankings[0]
-    top = [((layer, head), score) for layer, head, score in pre.top10[ranking]]
+    top = ranked(pre, ranking)
     scores = np.asarray(pre.scores[ranking], dtype=float) if ranking in pre.scores else None
     eps = pre.provenance.get("eps")
     n_prompts = (pre.provenance.get("prompt_set") or {}).get("n")
@@ -84,24 +92,18 @@ def coherence_limit(model: str, root: Path | None = None) -> float | None:
         return None
 
 
-# Top-10 lists across models, prompt sets and modes, for the comparison grid.
+def figure_file(model: str, prompt_set: str, mode: str, root: Path | None = None) -> Precomputed | None:
+    """The file behind one marker set of the paper's figures; None where it is missing, damaged or has no
+    generalized Ships ranking (the figures then say what is missing)."""
+    try:
+        pre = load(model, prompt_set, mode, precomputed_root() if root is None else root)
+    except PrecomputedError:
+        return None
+    return pre if FIGURE_RANKING in pre.top10 else None
 
 
-def rankings_across(ranking: str | None, root: Path | None = None) -> dict[str, list[tuple[Head, float]]]:
-    """Every file's top-10 by `ranking` (else its first ranking), keyed "model / set / mode"."""
-    root = precomputed_root() if root is None else root
-    out: dict[str, list[tuple[Head, float]]] = {}
-    for slug, prompt_set, mode in available(root):
-        try:
-            pre = load(slug, prompt_set, mode, root)
-        except PrecomputedError:
-            continue
-        names = ranking_names(pre)
-        chosen = ranking if ranking in names else (names[0] if names else None)
-        if chosen is None:
-            continue
-        label = f"{slug} / {PROMPT_SET_LABELS.get(prompt_set, prompt_set)} / {mode}"
-        if chosen != ranking:
-            label += f" ({chosen})"
-        out[label] = [((layer, head), score) for layer, head, score in pre.top10[chosen]]
-    return out
+def precomputed_models(root: Path | None = None) -> list[str]:
+    """Every model with precomputed files, those with the most files first (so a default pair has the most to
+    compare), then by name."""
+    counts = Counter(slug for slug, _, _ in available(precomputed_root() if root is None else root))
+    return sorted(counts, key=lambda slug: (-counts[slug], slug))

@@ -28,7 +28,7 @@ import pytest
 
 from safety_heads import plots
 from safety_heads.datasets import datasets_dir
-from safety_heads.head_options import head_options, rankings_across
+from safety_heads.head_options import head_options
 from safety_heads.inputs import selected_heads
 from safety_heads.judge import Label, RefusalJudge
 from safety_heads.model_cache import ModelCache, model_choices
@@ -36,10 +36,12 @@ from safety_heads.models import EMBEDDED_SAFETY, ModelLoadError
 from safety_heads.precomputed import PRECOMPUTED_DIR, Precomputed, available, save
 from safety_heads.run_record import code_version, write_record
 from safety_heads.set_evaluation import random_heads
+from safety_heads.ui import figures_tab
 from safety_heads.ui.badges import BADGE_COLORS, badge_html
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = EMBEDDED_SAFETY
+OTHER = "other-model"  # a second model with fixture scores, for the model-vs-model figure
 N_LAYERS, N_HEADS = 30, 9  # the embedded SmolLM2-135M
 # The fixture's best heads, in order: the top-10 the app must offer for jailbreakbench / UA.
 FIXTURE_TOP = [(29 - i, i % N_HEADS) for i in range(10)]
@@ -159,14 +161,28 @@ def test_head_options_from_a_file_and_without_one(tmp_path):
     assert "could not be read" in head_options("broken", "jailbreakbench", "UA", root=tmp_path).note
 
 
-def test_rankings_across_files(tmp_path):
+def test_paper_figures_from_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFETY_HEADS_PRECOMPUTED", str(tmp_path))
     write_fixture(tmp_path)
-    grid = rankings_across("ships", root=tmp_path)
-    assert len(grid) == 2 and all(len(top) == 10 for top in grid.values())
-    assert plots.rank_grid(grid).data[0].y[0] == "29-0"
+    write_fixture(tmp_path, OTHER)
+    figure, note = figures_tab.set_figure(MODEL)
+    assert [a.text for a in figure.layout.annotations] == [
+        "Top-10 safety heads on JailbreakBench",
+        "Top-10 safety heads on MaliciousInstruct",
+    ]
+    ua = figure.data[0]  # the fixture holds UA files only, ranked alike on both sets
+    assert list(zip(ua.x, ua.y, strict=True)) == FIXTURE_TOP and ua.marker.symbol == "circle"
+    assert "Not computed yet" in note and "JailbreakBench / SC" in note
+    figure, note = figures_tab.model_figure(MODEL, OTHER, "maliciousinstruct")
+    assert [t.name for t in figure.data] == [MODEL, OTHER]
+    assert [layer for layer, _ in FIXTURE_TOP] == list(figure.data[1].x)
+    assert f"{OTHER} / MaliciousInstruct / SC" in note
+    assert figures_tab.set_figure("nobody") == (None, "No precomputed generalized Ships scores for **nobody** yet.")
+    assert figures_tab.model_figure("nobody", "", "jailbreakbench")[0] is None
 
 
-def test_real_precomputed_files_if_present():
+def test_real_precomputed_files_if_present(monkeypatch):
+    monkeypatch.setenv("SAFETY_HEADS_PRECOMPUTED", str(PRECOMPUTED_DIR))
     found = available(PRECOMPUTED_DIR)
     if not found:
         pytest.skip(f"no precomputed files in {PRECOMPUTED_DIR} yet")
@@ -177,7 +193,10 @@ def test_real_precomputed_files_if_present():
         if opts.scores is not None:
             assert opts.scores.shape == (opts.pre.n_layers, opts.pre.n_heads)
             plots.score_heatmap(opts.scores, [h for h, _ in opts.top]).to_json()
-    assert rankings_across(None, root=PRECOMPUTED_DIR)
+    for slug in {slug for slug, _, _ in found}:
+        figure, note = figures_tab.set_figure(slug)
+        assert figure is not None, note
+        figure.to_json()
 
 
 def test_every_judge_label_has_a_badge():
@@ -227,6 +246,7 @@ def app_server(workdir: Path, **env_extra: str) -> Iterator[str]:
     """`python app.py` on a free loopback port with fixture precomputed scores; yields its URL."""
     root = workdir / "precomputed"
     write_fixture(root)
+    write_fixture(root, OTHER)
     log = workdir / "app.log"
     port = free_port()
     env = os.environ | {
@@ -302,7 +322,7 @@ def test_api_names_are_all_explicit(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     expected = {
         "/load_model", "/head_options", "/selection", "/compare", "/attention", "/score_prompt", "/evaluate",
-        "/rank_comparison",
+        "/top10_by_set", "/top10_by_model",
     }  # fmt: skip
     assert expected <= names, expected - names
     # The row-click handlers are named too, but undocumented: a click's row cannot come through the API.
@@ -424,7 +444,10 @@ def test_evaluate_on_a_set(client):
 
 
 @pytest.mark.slow
-def test_rank_comparison_grid(client):
-    grid, note = client.predict("ships", api_name="/rank_comparison")
-    figure = plot_json(grid)
-    assert len(figure["data"][0]["x"]) == 2 and "2 precomputed" in note
+def test_paper_figures(client):
+    figure, note = client.predict(MODEL, api_name="/top10_by_set")
+    ua = plot_json(figure)["data"][0]
+    assert list(zip(as_array(ua["x"]), as_array(ua["y"]), strict=True)) == FIXTURE_TOP
+    assert "circles" in note
+    figure, note = client.predict(MODEL, OTHER, "jailbreakbench", api_name="/top10_by_model")
+    assert [t["name"] for t in plot_json(figure)["data"]] == [MODEL, OTHER]

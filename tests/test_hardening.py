@@ -343,7 +343,7 @@ def test_precomputed_files_missing_or_corrupt(app, monkeypatch, tmp_path):
     monkeypatch.setenv("SAFETY_HEADS_PRECOMPUTED", str(tmp_path / "nowhere"))
     *_, note, heatmap, table = app.head_controls("m", "jailbreakbench", "UA", None, [], "")
     assert "not computed yet" in note and heatmap is None and table.empty
-    assert app.rank_comparison(None) == (None, "No precomputed head scores are available yet.")
+    assert app.figures_tab.set_figure("m") == (None, "No precomputed generalized Ships scores for **m** yet.")
 
     monkeypatch.setenv("SAFETY_HEADS_PRECOMPUTED", str(tmp_path))
     write_fixture(tmp_path, "good")
@@ -372,8 +372,9 @@ def test_precomputed_files_missing_or_corrupt(app, monkeypatch, tmp_path):
         ranking, heads, note, heatmap, table = app.head_controls(slug, "jailbreakbench", "UA", None, [], "")
         assert "could not be read" in note and "corrupt" in note, (slug, note)
         assert heads.choices == [] and heatmap is None
-    grid, note = app.rank_comparison("ships")
-    assert note == "2 precomputed file(s)."  # only the good model's two files
+        assert app.figures_tab.set_figure(slug)[0] is None
+    figure, note = app.figures_tab.model_figure("good", "not-json", "jailbreakbench")
+    assert [t.name for t in figure.data] == ["good"] and "not-json / JailbreakBench / UA" in note
     assert app.head_controls("good", "jailbreakbench", "UA", None, [], "")[2].startswith("Top-10")
 
 
