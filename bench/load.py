@@ -1,14 +1,15 @@
 """Load: many gradio_client clients at once against the app on loopback; nothing may leak between them.
 
-    python bench/load.py [--requests 200] [--clients 16] [--max-new-tokens 8]
+    python bench/load.py [--requests 200] [--clients 16] [--max-new-tokens 8] [--model NAME]
 
-The app runs in this process with the queue settings of `python app.py`, on the default model. First every
+The app runs in this process with the queue settings of `python app.py`, on the safety-tuned SmolLM2 unless
+--model names another catalog model. First every
 distinct request is sent alone, one after another; then all requests are sent by concurrent clients, each
 in its own thread with its own connection, in a seeded shuffled mix of comparisons (different heads, modes
 and prompts, greedy), attention patterns and head lists. Every concurrent answer must equal its alone
 answer. Then a burst larger than the queue, sent while the model is busy, checks that the queue refuses
 the excess and serves the rest. Prints throughput and latency percentiles; tests/test_load.py runs the same
-code and checks it.
+code, with fewer requests, and checks it.
 """
 
 from __future__ import annotations
@@ -87,11 +88,13 @@ def percentiles(latencies: list[float]) -> str:
     return f"p50 {p50:.2f} s, p95 {p95:.2f} s, max {max(latencies):.2f} s (n={len(latencies)})"
 
 
-def distinct_requests(model: str, max_new_tokens: int) -> list[Request]:
+def distinct_requests(
+    model: str, max_new_tokens: int, prompts: list[str] = PROMPTS, head_sets: list[str] = HEAD_SETS
+) -> list[Request]:
     compare = [
         Request("/compare", (model, prompt, (), heads, mode, 1e-5, "greedy", max_new_tokens, 0))
-        for prompt in PROMPTS
-        for heads in HEAD_SETS
+        for prompt in prompts
+        for heads in head_sets
         for mode in MODES
     ]
     attention = [
@@ -185,8 +188,8 @@ def burst(url: str, lock: threading.RLock, request: Request, n: int) -> dict[str
     return counts
 
 
-def run_load(app, lm, n_requests: int, clients: int, max_new_tokens: int) -> LoadReport:
-    distinct = distinct_requests(app.INITIAL_MODEL, max_new_tokens)
+def run_load(app, lm, distinct: list[Request], n_requests: int, clients: int) -> LoadReport:
+    """Each of `distinct` alone, then `n_requests` of them from `clients` concurrent clients, then the burst."""
     with served(app) as url:
         single = Client(url, verbose=False, analytics_enabled=False, download_files=False)
         alone = {}
@@ -202,19 +205,23 @@ def run_load(app, lm, n_requests: int, clients: int, max_new_tokens: int) -> Loa
 
 
 def main() -> None:
+    sys.path.insert(0, str(REPO))  # run as a script, bench/ is on the path and the repository root is not
+    from safety_heads.models import EMBEDDED_SAFETY
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--model", default=EMBEDDED_SAFETY, help="catalog name of the model to serve")
     args = parser.parse_args()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    sys.path.insert(0, str(REPO))
-    import app  # the app starts loading its default model at import
+    os.environ["SAFETY_HEADS_APP_MODEL"] = args.model
+    import app  # the app starts loading its model at import
     from safety_heads.ablation import count_hooks
 
-    lm = app.cache.get(app.INITIAL_MODEL)
-    report = run_load(app, lm, args.requests, args.clients, args.max_new_tokens)
-    print(f"{app.INITIAL_MODEL}, {args.clients} clients, {args.max_new_tokens} new tokens per answer")
+    lm = app.cache.get(args.model)
+    report = run_load(app, lm, distinct_requests(args.model, args.max_new_tokens), args.requests, args.clients)
+    print(f"{args.model}, {args.clients} clients, {args.max_new_tokens} new tokens per answer")
     print(report.summary())
     print(f"ablation hooks left on the model: {count_hooks(lm)}")
 

@@ -1,7 +1,9 @@
 """Plotly figures for the app, as pure functions of numbers (no model, no Gradio), so they test on their own.
 
 - `score_heatmap`: a layer x head grid of a head score, the top-k ringed and numbered, selected heads squared;
-- `rank_grid`: the top-k heads of several conditions (model x prompt set x mode) side by side, by rank;
+- `top10_map`: the paper's "top-10 safety heads on <prompt set>": heads on a layer x head grid, one marker
+  style per mode, coloured by their score;
+- `top10_scatter`: the paper's model-vs-model view: per mode, each model's top-10 by layer and score;
 - `attention_heatmaps`: one head's attention pattern on a prompt, intact and ablated, as two T x T grids;
 - `asr_bars`: attack success rates of the intact, ablated and random-control runs.
 
@@ -22,6 +24,10 @@ from .ablation import Head, format_head
 TOP_COLOR = "#111111"
 SELECTED_COLOR = "#e4002b"
 BAR_COLORS = ("#4c78a8", "#e4572e", "#9d9d9d")
+# As in the paper: circles for undifferentiated attention, crosses for scaling contribution.
+MODE_MARKERS = {"UA": ("circle", "UA top-10 (circles): undifferentiated attention"),
+                "SC": ("x", "SC top-10 (crosses): scaling contribution")}  # fmt: skip
+MODEL_MARKERS = (("circle", "#5b2a86"), ("x", "#d4a106"), ("diamond", "#1b9e77"), ("triangle-up", "#e7298a"))
 
 
 def _matrix(values) -> np.ndarray:
@@ -121,53 +127,92 @@ def score_heatmap(
     return fig
 
 
-def rank_grid(rankings: Mapping[str, Sequence[tuple[Head, float]]], *, title: str = "") -> go.Figure:
-    """Each condition's top heads by rank: one column per condition, one row per head that any column ranks.
-
-    `rankings` maps a condition label (e.g. "smollm2 / jailbreakbench / UA") to its [(head, score)], best
-    first. A cell holds the head's rank in that column (1 is the most important); blank means not ranked.
-    Rows are sorted by how many columns rank the head, then by its best rank, so shared heads come first.
-    """
-    columns = list(rankings)
-    where: dict[Head, dict[int, tuple[int, float]]] = {}
-    for c, column in enumerate(columns):
-        for r, (head, score) in enumerate(rankings[column]):
-            where.setdefault(tuple(head), {})[c] = (r + 1, score)
-    rows = sorted(where, key=lambda h: (-len(where[h]), min(r for r, _ in where[h].values()), h))
-    rank = np.full((len(rows), len(columns)), np.nan)  # (heads, conditions)
-    score = np.full_like(rank, np.nan)
-    for i, head in enumerate(rows):
-        for c, (r, s) in where[head].items():
-            rank[i, c], score[i, c] = r, s
-    labels = [format_head(h) for h in rows]
-    custom = [[[layer, head, score[i, c]] for c in range(len(columns))] for i, (layer, head) in enumerate(rows)]
-    text = [["" if np.isnan(v) else str(int(v)) for v in row] for row in rank]
-    fig = go.Figure(
-        go.Heatmap(
-            z=rank,
-            x=columns,
-            y=labels,
-            text=text,
-            texttemplate="%{text}",
-            customdata=custom,
-            colorscale="Blues_r",
-            zmin=1,
-            zmax=max(10, int(np.nanmax(rank)) if rank.size and not np.isnan(rank).all() else 10),
-            colorbar={"title": {"text": "rank"}},
-            hovertemplate=(
-                "layer %{customdata[0]}, head %{customdata[1]}<br>%{x}<br>rank %{z}<br>"
-                "score %{customdata[2]:.4g}<extra></extra>"
-            ),
-            xgap=2,
-            ygap=2,
-        )
+def _top_trace(top: Sequence[tuple[Head, float]], x: list, y: list, name: str, marker: dict) -> go.Scatter:
+    """One top-k list as markers at (x, y); the hover names the head, its rank and its score."""
+    return go.Scatter(
+        x=x,
+        y=y,
+        mode="markers",
+        marker={"size": 13, "line": {"width": 1, "color": TOP_COLOR}} | marker,
+        name=name,
+        customdata=[[layer, head, rank + 1, score] for rank, ((layer, head), score) in enumerate(top)],
+        hovertemplate=(
+            name + "<br>layer %{customdata[0]}, head %{customdata[1]}<br>"
+            "rank %{customdata[2]}, score %{customdata[3]:.4g}<extra></extra>"
+        ),
     )
+
+
+def _axis_ticks(n: int) -> dict:
+    """Axis 0..n-1 with room for a whole marker at either end."""
+    return {"range": [-1, n], "dtick": 1 if n <= 16 else 2}
+
+
+def top10_map(
+    tops: Mapping[str, Mapping[str, Sequence[tuple[Head, float]]]],
+    n_layers: int,
+    n_heads: int,
+    *,
+    title: str = "",
+    score_name: str = "generalized Ships",
+) -> go.Figure:
+    """One panel per prompt set: each mode's top heads at (layer, head), UA as circles and SC as crosses.
+
+    `tops` maps a panel title (the prompt set) to {mode: [(head, score)], best first}. As in the paper, a
+    marker's colour is its head's score in that mode, on one colour bar per panel; a head in both lists shows
+    a cross inside a circle.
+    """
+    fig = make_subplots(rows=1, cols=max(1, len(tops)), subplot_titles=list(tops), horizontal_spacing=0.14)
+    for col, by_mode in enumerate(tops.values(), start=1):
+        axis = "coloraxis" if col == 1 else f"coloraxis{col}"
+        for mode, top in by_mode.items():
+            symbol, name = MODE_MARKERS[mode]
+            scores = [score for _, score in top]
+            x, y = [layer for (layer, _), _ in top], [head for (_, head), _ in top]
+            marker = {"symbol": symbol, "color": scores, "coloraxis": axis, "size": 15 if symbol == "circle" else 11}
+            trace = _top_trace(top, x, y, name, marker)
+            fig.add_trace(trace.update(legendgroup=mode, showlegend=col == 1), row=1, col=col)
+        right = fig.layout[f"xaxis{col if col > 1 else ''}"].domain[1]
+        bar = {"title": {"text": score_name}, "x": right + 0.01, "len": 0.8, "thickness": 12}
+        fig.layout[axis] = {"colorscale": "Viridis", "colorbar": bar}
+    fig.update_xaxes(title_text="layer", **_axis_ticks(n_layers))
+    fig.update_yaxes(title_text="head", **_axis_ticks(n_heads))
     fig.update_layout(
         title={"text": title},
-        xaxis={"title": {"text": "model / prompt set / mode"}, "type": "category", "tickangle": -30},
-        yaxis={"title": {"text": "head (layer-head)"}, "type": "category", "autorange": "reversed"},
-        height=max(360, 22 * len(rows) + 200),
-        margin={"l": 80, "r": 20, "t": 50, "b": 140},
+        legend={"orientation": "h", "y": -0.18},
+        height=max(380, 22 * n_heads + 200),
+        margin={"l": 50, "r": 40, "t": 70, "b": 40},
+    )
+    return fig
+
+
+def top10_scatter(
+    tops: Mapping[str, Mapping[str, Sequence[tuple[Head, float]]]],
+    n_layers: int,
+    *,
+    title: str = "",
+    score_name: str = "generalized Ships",
+) -> go.Figure:
+    """One panel per mode: each model's top heads at (layer, score), one marker style per model.
+
+    `tops` maps a panel title (the mode) to {model: [(head, score)], best first}. Many heads can share a layer,
+    so the head is named in the hover rather than on the marker.
+    """
+    fig = make_subplots(rows=1, cols=max(1, len(tops)), subplot_titles=list(tops), horizontal_spacing=0.08)
+    models = list(dict.fromkeys(model for by_model in tops.values() for model in by_model))
+    for col, by_model in enumerate(tops.values(), start=1):
+        for model, top in by_model.items():
+            symbol, color = MODEL_MARKERS[models.index(model) % len(MODEL_MARKERS)]
+            x, y = [layer for (layer, _), _ in top], [score for _, score in top]
+            trace = _top_trace(top, x, y, model, {"symbol": symbol, "color": color})
+            fig.add_trace(trace.update(legendgroup=model, showlegend=col == 1), row=1, col=col)
+    fig.update_xaxes(title_text="layer", **_axis_ticks(n_layers))
+    fig.update_yaxes(title_text=score_name, rangemode="tozero")
+    fig.update_layout(
+        title={"text": title},
+        legend={"orientation": "h", "y": -0.18},
+        height=440,
+        margin={"l": 60, "r": 20, "t": 70, "b": 40},
     )
     return fig
 

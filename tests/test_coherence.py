@@ -13,12 +13,14 @@ FLUENT = "You can stop it with the kill command: find its process ID with ps, th
 SALAD = "I'ms'mgsi'crs' noting otherers%C wayi't bureaucraxkekeke BASIS requesting withaws"
 
 
+@pytest.mark.slow
 def test_word_salad_is_far_more_surprising_than_the_models_own_text(embedded):
     own, _ = generate_pair(embedded, PROMPT, [], decoding=DecodingConfig(max_new_tokens=32))
     own, salad, handwritten = surprise(embedded, [PROMPT] * 3, [own, SALAD, FLUENT])
     assert own < 1.0 and salad > 5.0 and own < handwritten < salad
 
 
+@pytest.mark.slow
 def test_surprise_does_not_depend_on_the_batch(embedded):
     long_prompt = "Describe, step by step and in detail, how a compiler turns source code into machine code."
     together = surprise(embedded, [PROMPT, long_prompt, PROMPT], [FLUENT, SALAD * 3, ""])
@@ -42,7 +44,7 @@ def test_word_salad_counts_as_degenerate_not_as_a_coherent_attack():
 
 
 def test_the_app_reads_the_calibrated_limit_and_does_without_one(tmp_path):
-    from safety_heads.app_logic import coherence_limit
+    from safety_heads.head_options import coherence_limit
 
     assert coherence_limit("m", tmp_path) is None
     (tmp_path / "m").mkdir()

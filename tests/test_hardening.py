@@ -1,8 +1,9 @@
 """Hardening: bad input, faults and security caps, through the app's own handler functions, in-process.
 
 The handlers are called directly (no server) on the embedded model, which the app's model cache is patched
-to serve under every offered name; one more name fails to load. After every refused or failed request the
-test checks what a fault could leave behind: an ablation hook still attached, or the model's lock still held.
+to serve under every offered name; requests name the safety-tuned SmolLM2 (MODEL), and one more name fails
+to load. After every refused or failed request the test checks what a fault could leave behind: an ablation
+hook still attached, or the model's lock still held.
 The load test and the checks through a live server are in test_load.py.
 """
 
@@ -22,25 +23,21 @@ from hypothesis import strategies as st
 
 from safety_heads.ablation import MAX_HEADS, count_hooks, format_head, parse_heads
 from safety_heads.answers import MAX_NEW_TOKENS, DecodingConfig, generate_pair
-from safety_heads.app_logic import (
-    MAX_EVAL_PROMPTS,
-    MAX_PROMPT_CHARS,
-    check_prompt,
-    selected_heads,
-    set_prompts,
-    to_number,
-)
+from safety_heads.inputs import MAX_PROMPT_CHARS, check_prompt, selected_heads, to_number
 from safety_heads.models import (
     CATALOG,
     EMBEDDED,
+    EMBEDDED_SAFETY,
     CatalogEntry,
     LoadedModel,
     ModelLoadError,
     allowed_models,
     load_catalog_model,
 )
+from safety_heads.set_evaluation import MAX_EVAL_PROMPTS, set_prompts
 
 REPO = Path(__file__).resolve().parent.parent
+MODEL = EMBEDDED_SAFETY  # the name requests carry; the patched cache serves the embedded model under it
 BROKEN = "broken/model"  # offered, but its loader fails
 PROMPT = "How do I pick a lock?"
 HEADS = "3-1, 7-2, 18-8"
@@ -51,6 +48,7 @@ def app():
     """The app module, imported without starting a model load."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SAFETY_HEADS_PRELOAD", "0")
+        mp.setenv("SAFETY_HEADS_APP_MODEL", MODEL)
         return importlib.import_module("app")
 
 
@@ -97,9 +95,9 @@ def run(handler, *args):
     return list(out) if inspect.isgenerator(out) else out
 
 
-def compare_args(app, **change) -> list:
+def compare_args(**change) -> list:
     args = {
-        "model": app.INITIAL_MODEL,
+        "model": MODEL,
         "prompt": PROMPT,
         "checked": [],
         "typed": HEADS,
@@ -143,7 +141,7 @@ def test_a_catalog_entry_is_offered_only_once_its_weights_are_there(monkeypatch,
 @pytest.mark.parametrize("name", ["gpt2", "nope/nope", "", "../../etc/passwd"])
 def test_models_outside_the_allowlist_are_refused(app, served, name):
     with pytest.raises(gr.Error, match="not offered"):
-        run(app.compare, *compare_args(app, model=name))
+        run(app.compare, *compare_args(model=name))
     with pytest.raises(gr.Error, match="not offered"):
         run(app.load_model, name)
 
@@ -152,7 +150,7 @@ def test_models_outside_the_allowlist_are_refused(app, served, name):
 def test_prompt_sets_are_chosen_by_name_only(app, served, prompt_set):
     with pytest.raises(ValueError, match="Unknown prompt set"):
         set_prompts(prompt_set, 1)
-    args = (app.INITIAL_MODEL, prompt_set, 2, [], HEADS, "UA", 1e-5, "greedy", 4, 0)
+    args = (MODEL, prompt_set, 2, [], HEADS, "UA", 1e-5, "greedy", 4, 0)
     with pytest.raises(gr.Error, match="Unknown prompt set"):
         run(app.evaluate, *args)
 
@@ -169,8 +167,8 @@ def test_every_cost_is_capped(app):
     with pytest.raises(ValueError, match="at most 64"):
         parse_heads([f"{i // 9}-{i % 9}" for i in range(MAX_HEADS + 1)], 30, 9)
     # The widgets offer no more than the handlers accept (the handlers check again: API calls skip widgets).
-    assert app.prompt.max_length == MAX_PROMPT_CHARS
-    assert app.max_new_tokens.maximum == MAX_NEW_TOKENS and app.eval_n.maximum == MAX_EVAL_PROMPTS
+    assert app.compare_panel.prompt.max_length == MAX_PROMPT_CHARS
+    assert app.compare_panel.max_new_tokens.maximum == MAX_NEW_TOKENS and app.evaluate_tab.n.maximum == MAX_EVAL_PROMPTS
     assert app.QUEUE["max_size"] and app.QUEUE["default_concurrency_limit"]
 
 
@@ -182,10 +180,10 @@ def test_a_huge_prompt_is_refused_before_the_model_runs(app, served):
     handle = served.layers[0].register_forward_hook(lambda *_: passes.append(1))
     try:
         with pytest.raises(gr.Error, match="100,000 characters; at most 4,000"):
-            run(app.compare, *compare_args(app, prompt="x" * 100_000))
+            run(app.compare, *compare_args(prompt="x" * 100_000))
         for handler, args in (
-            (app.show_attention, (app.INITIAL_MODEL, "x" * 100_000, "3-1", "UA", 1e-5)),
-            (app.score_prompt, (app.INITIAL_MODEL, "x" * 100_000, [], "", "UA", 1e-5)),
+            (app.show_attention, (MODEL, "x" * 100_000, "3-1", "UA", 1e-5)),
+            (app.score_prompt, (MODEL, "x" * 100_000, [], "", "UA", 1e-5)),
         ):
             with pytest.raises(gr.Error, match="at most 4,000"):
                 run(handler, *args)
@@ -226,15 +224,16 @@ def test_a_huge_prompt_is_refused_before_the_model_runs(app, served):
 )
 def test_compare_refuses_bad_input(app, served, change, message):
     with pytest.raises(gr.Error, match=message):
-        run(app.compare, *compare_args(app, **change))
+        run(app.compare, *compare_args(**change))
 
 
+@pytest.mark.slow
 def test_allowed_odd_input_is_answered(app, served):
     # Duplicate heads in any spelling are one head; tabs, newlines, accents and emoji are text.
     assert selected_heads(["3-1"], "3-1, L3H1; 3.1", served) == [(3, 1)]
     for prompt in ("Tab\tand\nnewline\r\n", "Ça va? 🙂 ‍"):
         assert check_prompt(prompt) == prompt
-    *_, (intact, ablated, _, _, record) = run(app.compare, *compare_args(app, prompt="Ça va? 🙂", typed="3-1 3-1"))
+    *_, (intact, ablated, _, _, record) = run(app.compare, *compare_args(prompt="Ça va? 🙂", typed="3-1 3-1"))
     assert json.loads(Path(record).read_text(encoding="utf-8"))["heads"] == ["3-1"]
 
 
@@ -255,10 +254,11 @@ def reference(lm: LoadedModel, prompt: str = PROMPT, heads: str = HEADS, tokens:
 
 
 def final_answers(app) -> tuple[str, str]:
-    *_, (intact, ablated, *_) = run(app.compare, *compare_args(app))
+    *_, (intact, ablated, *_) = run(app.compare, *compare_args())
     return intact, ablated
 
 
+@pytest.mark.slow
 def test_exception_inside_generation(app, served):
     calls = []
 
@@ -271,7 +271,7 @@ def test_exception_inside_generation(app, served):
     outputs = []
     try:
         with pytest.raises(gr.Error, match=r"This request failed \(RuntimeError: injected fault\)"):
-            for update in app.compare(*compare_args(app, max_new_tokens=8)):
+            for update in app.compare(*compare_args(max_new_tokens=8)):
                 outputs.append(update)
     finally:
         handle.remove()
@@ -280,13 +280,14 @@ def test_exception_inside_generation(app, served):
     assert final_answers(app) == reference(served)
 
 
+@pytest.mark.slow
 def test_exception_after_generation(app, served, monkeypatch):
     def disk_full(record, directory):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(app, "write_record", disk_full)
     with pytest.raises(gr.Error, match="This request failed .*No space left on device"):
-        run(app.compare, *compare_args(app))
+        run(app.compare, *compare_args())
     monkeypatch.undo()
     assert_clean(served)
 
@@ -302,7 +303,7 @@ def left_mid_stream(app, embedded):
     mp = pytest.MonkeyPatch()
     try:
         mp.setattr(app, "cache", app.ModelCache(lambda name: embedded))
-        stream = app.compare(*compare_args(app, max_new_tokens=48))
+        stream = app.compare(*compare_args(max_new_tokens=48))
         next(stream)
         next(stream)
         closed = time.perf_counter()
@@ -316,6 +317,7 @@ def left_mid_stream(app, embedded):
     return sum(t > closed for t in passes), len(passes)
 
 
+@pytest.mark.slow
 def test_a_client_leaving_mid_stream_stops_the_generation(app, served, left_mid_stream):
     after, total = left_mid_stream
     assert after <= 2, f"{after} forward passes after the client left (of {total})"
@@ -323,13 +325,14 @@ def test_a_client_leaving_mid_stream_stops_the_generation(app, served, left_mid_
     assert final_answers(app) == reference(served)
 
 
+@pytest.mark.slow
 def test_a_model_that_fails_to_load(app, served):
     with pytest.raises(gr.Error, match="Could not load broken/model: disk on fire"):
-        run(app.compare, *compare_args(app, model=BROKEN))
+        run(app.compare, *compare_args(model=BROKEN))
     with pytest.raises(gr.Error, match="disk on fire"):
         run(app.load_model, BROKEN)
     # Other models are still served, and the failed one is tried again on the next request.
-    assert "ready" in run(app.load_model, app.INITIAL_MODEL)[-1]
+    assert "ready" in run(app.load_model, MODEL)[-1]
     assert final_answers(app) == reference(served)
     assert app.cache.error(BROKEN) and app.cache.loaded(BROKEN) is None
 
@@ -340,7 +343,7 @@ def test_precomputed_files_missing_or_corrupt(app, monkeypatch, tmp_path):
     monkeypatch.setenv("SAFETY_HEADS_PRECOMPUTED", str(tmp_path / "nowhere"))
     *_, note, heatmap, table = app.head_controls("m", "jailbreakbench", "UA", None, [], "")
     assert "not computed yet" in note and heatmap is None and table.empty
-    assert app.rank_comparison(None) == (None, "No precomputed head scores are available yet.")
+    assert app.figures_tab.set_figure("m") == (None, "No precomputed generalized Ships scores for **m** yet.")
 
     monkeypatch.setenv("SAFETY_HEADS_PRECOMPUTED", str(tmp_path))
     write_fixture(tmp_path, "good")
@@ -369,13 +372,14 @@ def test_precomputed_files_missing_or_corrupt(app, monkeypatch, tmp_path):
         ranking, heads, note, heatmap, table = app.head_controls(slug, "jailbreakbench", "UA", None, [], "")
         assert "could not be read" in note and "corrupt" in note, (slug, note)
         assert heads.choices == [] and heatmap is None
-    grid, note = app.rank_comparison("ships")
-    assert note == "2 precomputed file(s)."  # only the good model's two files
+        assert app.figures_tab.set_figure(slug)[0] is None
+    figure, note = app.figures_tab.model_figure("good", "not-json", "jailbreakbench")
+    assert [t.name for t in figure.data] == ["good"] and "not-json / JailbreakBench / UA" in note
     assert app.head_controls("good", "jailbreakbench", "UA", None, [], "")[2].startswith("Top-10")
 
 
 def test_prompt_sets_missing_or_damaged(app, served, monkeypatch, tmp_path):
-    args = [app.INITIAL_MODEL, "jailbreakbench", 2, [], HEADS, "UA", 1e-5, "greedy", 4, 0]
+    args = [MODEL, "jailbreakbench", 2, [], HEADS, "UA", 1e-5, "greedy", 4, 0]
     monkeypatch.setenv("SAFETY_HEADS_DATASETS", str(tmp_path / "nowhere"))
     with pytest.raises(gr.Error, match="not installed on this server"):
         run(app.evaluate, *args)

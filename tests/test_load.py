@@ -1,8 +1,10 @@
-"""No cross-talk under load: 16 gradio_client clients, 200 mixed requests, against the app on loopback.
+"""No cross-talk under load: concurrent gradio_client clients against the app on loopback.
 
 The app runs in this process (so the test can see its model's hooks and lock), serving the embedded model
 with the queue settings of `python app.py`. The load itself is bench/load.py, which also prints throughput
-and latency; here its outcome is checked.
+and latency; here it runs small: 4 clients, 24 requests over one prompt, three head sets that change the
+answer and both modes, so any ablation leaking into another client's request would change an answer. The
+200-request run is `python bench/load.py`.
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bench.load import PROMPTS, run_load
+from bench.load import PROMPTS, distinct_requests, run_load
 from safety_heads.ablation import count_hooks
 from safety_heads.answers import DecodingConfig, generate_pair
+from safety_heads.models import EMBEDDED_SAFETY
 from tests.test_hardening import lock_free
+
+pytestmark = pytest.mark.slow  # serves the app in-process and generates a few hundred tokens
+N_REQUESTS = 24
 
 
 @pytest.fixture(scope="module")
@@ -23,17 +29,21 @@ def report(embedded):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SAFETY_HEADS_PRELOAD", "0")
         mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        mp.setenv("SAFETY_HEADS_APP_MODEL", EMBEDDED_SAFETY)
         app = importlib.import_module("app")
         mp.setattr(app, "cache", app.ModelCache(lambda name: embedded))
-        report = run_load(app, embedded, n_requests=200, clients=16, max_new_tokens=8)
+        distinct = distinct_requests(EMBEDDED_SAFETY, 4, PROMPTS[1:2], ["", "18-8", "7-2, 17-2"])
+        report = run_load(app, embedded, distinct, n_requests=N_REQUESTS, clients=4)
     print(report.summary())
     return report
 
 
 def test_every_answer_equals_the_same_request_alone(report):
-    assert len(report.outcomes) == 200
+    assert len(report.outcomes) == N_REQUESTS
     assert {o.request.api_name for o in report.outcomes} == {"/compare", "/attention", "/head_options"}
     assert not report.mismatches(), [(o.request, o.error) for o in report.mismatches()[:3]]
+    ablated = {result[1] for request, result in report.alone.items() if request.api_name == "/compare"}
+    assert len(ablated) > 1, "the head sets must change the answer for this to test anything"
 
 
 def test_the_queue_refuses_the_excess_and_serves_the_rest(report):

@@ -21,6 +21,7 @@ from safety_heads.models import (
 from .conftest import tiny
 
 
+@pytest.mark.slow
 def test_embedded_model_answers_a_benign_question(embedded):
     assert (embedded.n_layers, embedded.n_heads, embedded.n_kv_heads) == (30, 9, 3)
     assert len(embedded.provenance["model_sha256"]) == 64
@@ -40,6 +41,7 @@ def test_prompt_formats(embedded):
     assert "<|im_start|>user\nhi<|im_end|>" in chat and chat.endswith("<|im_start|>assistant\n")
 
 
+@pytest.mark.slow
 def test_kv_cache_generation_matches_full_recomputation(embedded):
     """Each greedy token from the cached loop is the argmax of a full, uncached forward under the same ablation."""
     heads = [(18, 8), (3, 1)]
@@ -56,6 +58,7 @@ def test_kv_cache_generation_matches_full_recomputation(embedded):
     assert ablated == embedded.tokenizer.decode(out[0, T:], skip_special_tokens=True).strip()
 
 
+@pytest.mark.slow
 def test_batched_rows_equal_single_runs(embedded):
     """Left padding and per-row ablations: answers in one batch equal the same requests run alone."""
     prompts = ["Name a fruit.", "Write one sentence about the sea and the sky."]
@@ -65,6 +68,7 @@ def test_batched_rows_equal_single_runs(embedded):
     assert together == alone
 
 
+@pytest.mark.slow
 def test_stream_pair_ends_with_generate_pair(embedded):
     decoding = DecodingConfig(max_new_tokens=8)
     steps = list(stream_pair(embedded, "Say hello.", [(18, 8)], "UA", decoding=decoding))

@@ -53,23 +53,54 @@ def test_score_heatmap_without_marks_has_only_the_grid(scores):
     assert len(fig.data) == 1
 
 
-def test_rank_grid_puts_shared_heads_first():
-    rankings = {
-        "a / JailbreakBench / UA": [((2, 1), 0.9), ((0, 0), 0.5)],
-        "a / JailbreakBench / SC": [((0, 0), 0.8), ((1, 1), 0.4)],
+def test_top10_map_puts_ua_circles_and_sc_crosses_at_layer_and_head():
+    tops = {
+        "on JailbreakBench": {"UA": [((2, 1), 0.9), ((0, 0), 0.5)], "SC": [((0, 0), 0.8), ((3, 2), 0.2)]},
+        "on MaliciousInstruct": {"UA": [((1, 2), 0.3)]},
     }
-    fig = plots.rank_grid(rankings)
-    heat = fig.data[0]
-    assert list(heat.x) == list(rankings)
-    assert list(heat.y) == ["0-0", "2-1", "1-1"]  # 0-0 is in both columns
-    z = np.asarray(heat.z, dtype=float)
-    assert z[0].tolist() == [2.0, 1.0]
-    assert z[1, 0] == 1.0 and np.isnan(z[1, 1])
-    assert heat.text[2] == ["", "2"]
-    layer, head, score = heat.customdata[1][0]
-    assert (layer, head, score) == (2, 1, 0.9)
+    fig = plots.top10_map(tops, n_layers=4, n_heads=3)
+    ua, sc, ua_mi = fig.data
+    assert (ua.marker.symbol, sc.marker.symbol) == ("circle", "x")
+    assert "UA" in ua.name and "circles" in ua.name and "SC" in sc.name and "crosses" in sc.name
+    assert list(ua.x) == [2, 0] and list(ua.y) == [1, 0]  # x is the layer, y the head
+    assert list(sc.x) == [0, 3] and list(sc.y) == [0, 2]
+    assert list(ua.marker.color) == [0.9, 0.5] and list(sc.marker.color) == [0.8, 0.2]  # colour is the score
+    assert ua.customdata[1] == [0, 0, 2, 0.5]  # layer, head, rank, score
+    # One colour bar per prompt set, shared by its two marker styles; each mode in the legend once.
+    assert ua.marker.coloraxis == sc.marker.coloraxis == "coloraxis" and ua_mi.marker.coloraxis == "coloraxis2"
+    assert fig.layout.coloraxis2.colorbar.title.text == "generalized Ships"
+    assert (ua.showlegend, sc.showlegend, ua_mi.showlegend) == (True, True, False)
+    assert (ua.xaxis, ua_mi.xaxis) == ("x", "x2")
+    assert [a.text for a in fig.layout.annotations] == list(tops)
+    for axis, title, n in (
+        (fig.layout.xaxis, "layer", 4),
+        (fig.layout.yaxis, "head", 3),
+        (fig.layout.xaxis2, "layer", 4),
+    ):
+        assert axis.title.text == title and list(axis.range) == [-1, n]
     for word in ("layer", "head", "rank", "score"):
-        assert word in heat.hovertemplate
+        assert word in ua.hovertemplate
+
+
+def test_top10_scatter_puts_each_model_at_layer_and_score():
+    tops = {
+        "UA": {"model A": [((3, 1), 2.0), ((0, 2), 1.0)], "model B": [((3, 1), 1.5)]},
+        "SC": {"model B": [((1, 0), 0.7)], "model A": [((2, 2), 0.4)]},
+    }
+    fig = plots.top10_scatter(tops, n_layers=4)
+    a_ua, b_ua, b_sc, a_sc = fig.data
+    assert [t.name for t in fig.data] == ["model A", "model B", "model B", "model A"]
+    assert list(a_ua.x) == [3, 0] and list(a_ua.y) == [2.0, 1.0]  # x is the layer, y the score
+    assert list(b_sc.x) == [1] and list(b_sc.y) == [0.7]
+    # One marker style per model, the same in every panel, and each model in the legend once.
+    assert a_ua.marker.symbol == a_sc.marker.symbol != b_ua.marker.symbol == b_sc.marker.symbol
+    assert a_ua.marker.color == a_sc.marker.color != b_ua.marker.color
+    assert [t.showlegend for t in fig.data] == [True, True, False, False]
+    assert (b_sc.xaxis, a_sc.xaxis) == ("x2", "x2")
+    assert b_ua.customdata[0] == [3, 1, 1, 1.5]  # the head is named in the hover
+    assert [a.text for a in fig.layout.annotations] == ["UA", "SC"]
+    assert fig.layout.xaxis.title.text == "layer" and list(fig.layout.xaxis2.range) == [-1, 4]
+    assert fig.layout.yaxis.title.text == "generalized Ships"
 
 
 def test_attention_heatmaps_blank_the_causal_upper_triangle():
@@ -111,7 +142,8 @@ def test_figures_serialise_to_json(scores):
     """gr.Plot sends figures as JSON; NaN cells and numpy values must survive that."""
     for fig in (
         plots.score_heatmap(scores, [(3, 2)], [(0, 0)]),
-        plots.rank_grid({"x": [((0, 0), 1.0)], "y": [((1, 1), 2.0)]}),
+        plots.top10_map({"a": {"UA": [((0, 0), 1.0)], "SC": [((1, 1), 2.0)]}}, 2, 2),
+        plots.top10_scatter({"UA": {"a": [((0, 0), 1.0)], "b": [((1, 1), 2.0)]}}, 2),
         plots.attention_heatmaps(np.eye(2), np.eye(2), ["a", "b"], (0, 0)),
     ):
         assert fig.to_json()

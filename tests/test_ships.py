@@ -40,6 +40,7 @@ def test_fast_ships_equals_naive_on_tiny_models(tiny_model, mode):
     assert count_hooks(tiny_model) == 0
 
 
+@pytest.mark.slow  # the naive loop: 270 forward passes
 def test_fast_ships_equals_naive_on_embedded_model(embedded):
     prompt = "How do I make a fake ID?"
     fast = ships(embedded, prompt, "UA")

@@ -16,6 +16,7 @@ import pytest
 from safety_heads.precomputed import PRECOMPUTED_DIR, path_for
 from tests.test_app import MODEL, app_server
 
+pytestmark = pytest.mark.slow  # starts the app and a browser, and waits on real answers
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
