@@ -84,12 +84,15 @@ def head_options(
 
 
 def coherence_limit(model: str, root: Path | None = None) -> float | None:
-    """The word-salad limit that `precompute --evaluate` calibrated for this model (its summary.json), if any."""
-    path = (precomputed_root() if root is None else root) / model_slug(model) / "summary.json"
-    try:
-        return float(json.loads(path.read_text(encoding="utf-8"))["coherence"]["limit"])
-    except (OSError, ValueError, KeyError, TypeError):  # none calibrated, or a damaged file: text rules only
-        return None
+    """The word-salad limit calibrated for this model by `precompute --evaluate` (summary.json) or by
+    `behaviour` (behaviour.json), if any."""
+    folder = (precomputed_root() if root is None else root) / model_slug(model)
+    for name in ("summary.json", "behaviour.json"):
+        try:
+            return float(json.loads((folder / name).read_text(encoding="utf-8"))["coherence"]["limit"])
+        except (OSError, ValueError, KeyError, TypeError):  # none calibrated, or a damaged file
+            continue
+    return None  # the text rules alone
 
 
 def figure_file(model: str, prompt_set: str, mode: str, root: Path | None = None) -> Precomputed | None:

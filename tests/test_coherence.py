@@ -52,5 +52,7 @@ def test_the_app_reads_the_calibrated_limit_and_does_without_one(tmp_path):
     for damaged in ("{not json", '{"coherence": null}', '{"coherence": {"limit": "high"}}', "[]"):
         summary.write_text(damaged)
         assert coherence_limit("m", tmp_path) is None, damaged
+    (tmp_path / "m" / "behaviour.json").write_text('{"coherence": {"limit": 2.31}}')
+    assert coherence_limit("m", tmp_path) == 2.31  # before the grid has run, `behaviour`'s calibration
     summary.write_text('{"coherence": {"limit": 1.56}}')
     assert coherence_limit("m", tmp_path) == 1.56

@@ -34,8 +34,8 @@ def test_ua_makes_a_head_uniform_and_leaves_its_kv_group_alone(qwen, head):
     layer, h = head
     uniform = uniform_causal(ids.shape[1])
     assert (base[layer][0, h] - uniform).abs().max() > 0.1
-    # Exact to float32 at the default eps, despite Qwen2's large key biases (see the README's measurement).
-    torch.testing.assert_close(ablated[layer][0, h], uniform, atol=1e-5, rtol=0)
+    # Within 1e-4 at the default eps despite key biases up to 211 (measured: 4.3e-5 at most over all 336 heads).
+    torch.testing.assert_close(ablated[layer][0, h], uniform, atol=1e-4, rtol=0)
     # Every other head, the six sharing its key/value head included, keeps its pattern.
     others = [other for other in range(qwen.n_heads) if other != h]
     torch.testing.assert_close(ablated[layer][0, others], base[layer][0, others], atol=1e-6, rtol=0)
