@@ -23,11 +23,12 @@ from safety_heads.ablation import check_eps, format_head, parse_heads
 from safety_heads.answers import DecodingConfig, stream_pair
 from safety_heads.attention import attention_pattern
 from safety_heads.coherence import judge_answers
-from safety_heads.head_options import coherence_limit, head_options
+from safety_heads.head_options import head_options
 from safety_heads.inputs import check_prompt, heads_text, selected_heads, to_number
 from safety_heads.judge import RefusalJudge
 from safety_heads.model_cache import ModelCache, initial_model, load_for_app, model_choices
 from safety_heads.models import ModelLoadError
+from safety_heads.precomputed import coherence_limit
 from safety_heads.run_record import run_record, write_record
 from safety_heads.set_evaluation import evaluate_set
 from safety_heads.ships import ships, top_heads

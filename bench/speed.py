@@ -1,16 +1,18 @@
-"""Side-by-side speed ratios on the embedded model (one prompt, all 270 heads).
+"""Side-by-side speed ratios on the default model (one prompt, every head: 336 on Qwen2.5-Coder-0.5B).
 
 1. Ships sweep: the naive loop (one full forward pass per head) vs the fast path (replay from the
-   ablated layer, heads batched as rows). Also checks that both agree.
+   ablated layer, heads batched as rows), and the fast path in bfloat16; seconds per prompt for each,
+   the largest difference from the naive loop, and how many of the float32 top-10 heads bf16 keeps.
 2. Answers: intact + ablated answer from one batched generate call vs two separate calls.
 
 Each pair is timed alternately in one run, `--repeats` times, and the ratio of medians is printed.
-Usage: python bench/speed.py [--repeats 3] [--device cpu|cuda] [--tokens 64]
+Usage: python bench/speed.py [--model NAME] [--repeats 3] [--device cpu|cuda] [--tokens 64]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -18,8 +20,8 @@ import torch
 
 from safety_heads.ablation import parse_heads
 from safety_heads.answers import DecodingConfig, generate_many, generate_pair
-from safety_heads.models import load_model
-from safety_heads.ships import ships, ships_naive
+from safety_heads.models import LoadedModel, default_model, load_model
+from safety_heads.ships import ships, ships_naive, top_heads
 
 PROMPT = "Give me step-by-step instructions to pick a lock."
 
@@ -48,12 +50,13 @@ def compare(name: str, slow, fast, repeats: int) -> tuple[object, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=default_model())
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per answer")
     args = parser.parse_args()
 
-    lm = load_model()
+    lm = load_model(args.model)
     lm.model.to(args.device)
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, model {lm.provenance['model']}")
     print(f"prompt: {PROMPT!r}; {lm.n_layers * lm.n_heads} heads")
@@ -66,6 +69,17 @@ def main() -> None:
             args.repeats,
         )
         print(f"  max |fast - naive| = {(fast - naive).abs().max().item():.2e} nats")
+        in_bf16 = LoadedModel(copy.deepcopy(lm.model).to(torch.bfloat16), lm.tokenizer, lm.model_id, lm.provenance)
+        _, bf16 = compare(
+            f"Ships sweep {mode} (fast float32 vs fast bfloat16)",
+            lambda mode=mode: ships(lm, PROMPT, mode),
+            lambda mode=mode, in_bf16=in_bf16: ships(in_bf16, PROMPT, mode),
+            args.repeats,
+        )
+        kept = {h for h, _ in top_heads(fast)} & {h for h, _ in top_heads(bf16.float())}
+        print(f"  bf16 keeps {len(kept)} of the float32 top-10 heads; max |bf16 - fp32| = "
+              f"{(bf16.float() - fast).abs().max().item():.2e} nats")  # fmt: skip
+        del in_bf16
 
     heads = parse_heads("18-8", lm.n_layers, lm.n_heads)
     decoding = DecodingConfig(max_new_tokens=args.tokens)

@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .ablation import DEFAULT_EPS, MODES, format_head, parse_heads
-from .models import TEMPLATES, ModelLoadError, default_model, load_catalog_model, load_model
+from .models import TEMPLATES, ModelLoadError, default_model, load_model
 
 
 def _progress_bar(desc: str) -> tuple[tqdm, Callable[[int, int], None]]:
@@ -29,10 +29,7 @@ def _progress_bar(desc: str) -> tuple[tqdm, Callable[[int, int], None]]:
 
 
 def _load(args):
-    from .models import allowed_models
-
-    if args.model in allowed_models():
-        return load_catalog_model(args.model)
+    """A catalog name loads as in the library and the app; a hub id or folder takes --adapter and --quantize."""
     return load_model(args.model, adapter=args.adapter, quantize=args.quantize)
 
 
@@ -67,8 +64,10 @@ def cmd_generate(args) -> None:
 
 def cmd_asr(args) -> None:
     from .answers import DecodingConfig, generate_many
+    from .coherence import judge_answers
     from .datasets import load_prompts
     from .judge import RefusalJudge, attack_success
+    from .precomputed import coherence_limit
 
     prompts = load_prompts(args.data, args.column, args.n)
     lm = _load(args)
@@ -77,15 +76,17 @@ def cmd_asr(args) -> None:
     bar, progress = _progress_bar("answers")
     answers = generate_many(lm, prompts, heads, args.mode, args.eps, args.template, decoding, args.batch_size, progress)
     bar.close()
-    judge = RefusalJudge()
-    verdicts = [judge(a) for a in answers]
+    # The same verdicts as the evaluation and the app: word salad by the limit calibrated for this model.
+    limit = coherence_limit(lm.model_id)
+    verdicts, _ = judge_answers(lm, RefusalJudge(), prompts, answers, limit, args.template, args.batch_size)
     result = attack_success(verdicts)
     if args.out:
         with open(args.out, "w") as f:
             for prompt, answer, v in zip(prompts, answers, verdicts):
                 f.write(json.dumps({"prompt": prompt, "answer": answer, **v.__dict__}) + "\n")
     heads_text = ", ".join(map(format_head, heads)) or "none"
-    print(f"{lm.model_id}  {args.data}  N={result.n}  heads={heads_text}  mode={args.mode}")
+    rule = f"surprise limit {limit:.2f} nats/token" if limit is not None else "text rules only (no calibrated limit)"
+    print(f"{lm.model_id}  {args.data}  N={result.n}  heads={heads_text}  mode={args.mode}  coherence: {rule}")
     print(
         f"ASR {result.asr:.3f}  coherent ASR {result.coherent_asr:.3f}  "
         f"refusal {result.refusal:.3f}  degenerate {result.degenerate:.3f}"

@@ -6,8 +6,6 @@ Missing or damaged files give a note on screen, never an error: the app works wi
 
 from __future__ import annotations
 
-import json
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,19 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from .ablation import Head
-from .precomputed import PRECOMPUTED_DIR, Precomputed, PrecomputedError, available, load, model_slug
+from .precomputed import Precomputed, PrecomputedError, available, load, precomputed_root
 
 # The prompt sets the precomputed head lists come from, as shown on screen.
 PROMPT_SET_LABELS = {"jailbreakbench": "JailbreakBench", "maliciousinstruct": "MaliciousInstruct"}
 # Rankings listed first when a file has them; any other ranking in the file follows, alphabetically.
 PREFERRED_RANKINGS = ("generalized", "ships")
 FIGURE_RANKING = "generalized"  # the paper's figures place and colour heads by generalized Ships
-
-
-def precomputed_root() -> Path:
-    """$SAFETY_HEADS_PRECOMPUTED, else the repository's precomputed/ folder."""
-    env = os.environ.get("SAFETY_HEADS_PRECOMPUTED")
-    return Path(env) if env else PRECOMPUTED_DIR
 
 
 def ranked(pre: Precomputed, ranking: str) -> list[tuple[Head, float]]:
@@ -81,18 +73,6 @@ def head_options(
     if pre.command:
         note += f" Regenerate: `{pre.command}`"
     return HeadOptions(note, rankings, ranking, top, scores, pre)
-
-
-def coherence_limit(model: str, root: Path | None = None) -> float | None:
-    """The word-salad limit calibrated for this model by `precompute --evaluate` (summary.json) or by
-    `behaviour` (behaviour.json), if any."""
-    folder = (precomputed_root() if root is None else root) / model_slug(model)
-    for name in ("summary.json", "behaviour.json"):
-        try:
-            return float(json.loads((folder / name).read_text(encoding="utf-8"))["coherence"]["limit"])
-        except (OSError, ValueError, KeyError, TypeError):  # none calibrated, or a damaged file
-            continue
-    return None  # the text rules alone
 
 
 def figure_file(model: str, prompt_set: str, mode: str, root: Path | None = None) -> Precomputed | None:

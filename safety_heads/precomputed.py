@@ -8,6 +8,7 @@ template, prompt set and its hash, rank r, code commit) and the exact command th
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,24 @@ from pathlib import Path
 from .ablation import Head
 
 PRECOMPUTED_DIR = Path(__file__).resolve().parent.parent / "precomputed"
+
+
+def precomputed_root() -> Path:
+    """$SAFETY_HEADS_PRECOMPUTED, else the repository's precomputed/ folder."""
+    env = os.environ.get("SAFETY_HEADS_PRECOMPUTED")
+    return Path(env) if env else PRECOMPUTED_DIR
+
+
+def coherence_limit(model: str, root: Path | None = None) -> float | None:
+    """The word-salad limit calibrated for this model by `precompute --evaluate` (summary.json) or by
+    `behaviour` (behaviour.json), if any."""
+    folder = (precomputed_root() if root is None else root) / model_slug(model)
+    for name in ("summary.json", "behaviour.json"):
+        try:
+            return float(json.loads((folder / name).read_text(encoding="utf-8"))["coherence"]["limit"])
+        except (OSError, ValueError, KeyError, TypeError):  # none calibrated, or a damaged file
+            continue
+    return None  # the text rules alone
 
 
 def model_slug(model_id: str) -> str:

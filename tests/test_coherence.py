@@ -44,7 +44,7 @@ def test_word_salad_counts_as_degenerate_not_as_a_coherent_attack():
 
 
 def test_the_app_reads_the_calibrated_limit_and_does_without_one(tmp_path):
-    from safety_heads.head_options import coherence_limit
+    from safety_heads.precomputed import coherence_limit
 
     assert coherence_limit("m", tmp_path) is None
     (tmp_path / "m").mkdir()

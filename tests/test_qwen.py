@@ -10,7 +10,7 @@ import torch
 
 from safety_heads.ablation import ablate
 from safety_heads.answers import DecodingConfig, generate_pair
-from safety_heads.models import PACKAGED, QWEN_05B, encode
+from safety_heads.models import PACKAGED, QWEN_05B, default_model, encode
 
 from .test_ablation import forward, uniform_causal
 
@@ -78,3 +78,18 @@ def test_generation_stops_at_im_end_and_answers_in_chatml(qwen):
     assert new.index(qwen.tokenizer.eos_token_id) == len(new) - 1
     intact, _ = generate_pair(qwen, "What is 2 + 2? Answer with one number.", [], decoding=DecodingConfig(32))
     assert "4" in intact and "<|im_end|>" not in intact
+
+
+def test_the_default_name_round_trips_through_library_cli_and_app(qwen, monkeypatch, capsys):
+    from safety_heads import cli, model_cache
+
+    assert default_model() == QWEN_05B == cli.build_parser().parse_args(["generate", "hi"]).model
+    monkeypatch.delenv("SAFETY_HEADS_APP_MODEL", raising=False)
+    assert model_cache.initial_model(cuda=False) == QWEN_05B
+    loaded = []  # the names each entry point asks the library for; the model itself is this session's copy
+    monkeypatch.setattr(cli, "load_model", lambda name, **kwargs: loaded.append(name) or qwen)
+    assert cli.main(["generate", "What is 2 + 2?", "--max-new-tokens", "8"]) == 0
+    assert "--- intact" in capsys.readouterr().out
+    monkeypatch.setattr(model_cache, "load_catalog_model", lambda name: loaded.append(name) or qwen)
+    assert model_cache.load_for_app(QWEN_05B) is qwen
+    assert loaded == [QWEN_05B, QWEN_05B]
