@@ -76,7 +76,9 @@ def test_generation_stops_at_im_end_and_answers_in_chatml(qwen):
     new = out[0, batch["input_ids"].shape[1] :].tolist()
     assert qwen.tokenizer.eos_token_id in new and len(new) < 32  # it stopped by itself
     assert new.index(qwen.tokenizer.eos_token_id) == len(new) - 1
-    intact, _ = generate_pair(qwen, "What is 2 + 2? Answer with one number.", [], decoding=DecodingConfig(32))
+    intact, _ = generate_pair(
+        qwen, "What is 2 + 2? Answer with one number.", [], decoding=DecodingConfig(max_new_tokens=32)
+    )
     assert "4" in intact and "<|im_end|>" not in intact
 
 
