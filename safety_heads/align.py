@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .align_data import Example, Progress, assert_disjoint, benign_data, harmful_data
-from .models import FULL_WEIGHTS, format_prompt, load_model
+from .models import EMBEDDED, FULL_WEIGHTS, format_prompt, load_model
 
 RUNS_DIR = Path(__file__).resolve().parent.parent / "runs" / "align"
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -247,7 +247,7 @@ def align(
     device: str = "cpu",
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
-    """Train the safety adapter on the embedded model and save it to output_dir; returns a summary.
+    """Train the safety adapter on SmolLM2-135M (the un-tuned embedded model) and save it; returns a summary.
 
     output_dir receives align_summary.json and the weights: adapter_config.json and
     adapter_model.safetensors (LoRA), or model.safetensors, the whole state dict (full fine-tuning). A
@@ -256,7 +256,7 @@ def align(
     start = time.perf_counter()
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    lm = load_model()
+    lm = load_model(EMBEDDED)
     lm.model.to(device)
 
     def stage(name: str) -> Progress | None:

@@ -15,7 +15,8 @@ from safety_heads import align as A
 from safety_heads import align_data as D
 from safety_heads.datasets import datasets_dir, load_prompts
 from safety_heads.judge import RefusalJudge
-from safety_heads.models import _apply_adapter, embedded_gguf_path, format_prompt
+from safety_heads.models import EMBEDDED, PACKAGED, _apply_adapter, format_prompt
+from safety_heads.packaged import gguf_path
 
 # The training data is read from the shared prompt sets; a clone without them skips these tests and says why.
 needs_datasets = pytest.mark.skipif(
@@ -25,7 +26,7 @@ needs_datasets = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    gguf = embedded_gguf_path()
+    gguf = gguf_path(PACKAGED[EMBEDDED])
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tok.pad_token = tok.pad_token or tok.eos_token
     return tok
