@@ -112,10 +112,13 @@ def lenient_selection(model: str, checked: list[str], typed: str) -> tuple[list,
 
 
 def head_controls(model, prompt_set, mode, ranking, checked, typed):
-    """Offer the precomputed top-10 of this model x prompt set x mode (or say that none exists)."""
+    """Offer the precomputed top-10 of this model x prompt set x mode (or say that none exists); while no head
+    is chosen, select the heads suggested for this model."""
     opts = head_options(model, prompt_set, mode, ranking)
     offered = [format_head(h) for h, _ in opts.top]
     kept = [c for c in checked or [] if c in offered]
+    if not checked and not typed:
+        kept = [format_head(h) for h in opts.suggested]
     selected, _ = lenient_selection(model, kept, typed)
     return (
         gr.Dropdown(choices=opts.rankings, value=opts.ranking, interactive=bool(opts.rankings)),

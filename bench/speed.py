@@ -3,10 +3,12 @@
 1. Ships sweep: the naive loop (one full forward pass per head) vs the fast path (replay from the
    ablated layer, heads batched as rows), and the fast path in bfloat16; seconds per prompt for each,
    the largest difference from the naive loop, and how many of the float32 top-10 heads bf16 keeps.
-2. Answers: intact + ablated answer from one batched generate call vs two separate calls.
+2. Answers: intact + ablated answer from one batched generate call vs two separate calls, and the profile
+   that explains the ratio: every linear layer of the model timed on one row and on two rows (a decode
+   step of one answer vs of the pair).
 
 Each pair is timed alternately in one run, `--repeats` times, and the ratio of medians is printed.
-Usage: python bench/speed.py [--model NAME] [--repeats 3] [--device cpu|cuda] [--tokens 64]
+Usage: python bench/speed.py [--model NAME] [--repeats 3] [--device cpu|cuda] [--tokens 64] [--parts sweep ab]
 """
 
 from __future__ import annotations
@@ -48,12 +50,28 @@ def compare(name: str, slow, fast, repeats: int) -> tuple[object, object]:
     return slow_result, fast_result
 
 
+def linear_profile(lm: LoadedModel, repeats: int = 5) -> None:
+    """Where a decode step's time goes: every linear layer (the bulk of a step) on one row and on two rows."""
+    cost = {1: 0.0, 2: 0.0}
+    with torch.no_grad():
+        for module in lm.model.modules():
+            if isinstance(module, torch.nn.Linear):
+                for rows in cost:
+                    x = torch.randn(rows, module.in_features, device=lm.device, dtype=module.weight.dtype)
+                    module(x)  # warm-up
+                    cost[rows] += min(timed(lambda m=module, x=x: m(x))[0] for _ in range(repeats))
+    one, two = cost[1] * 1e3, cost[2] * 1e3
+    print(f"  profile: the linear layers of one decode step take {one:.1f} ms on 1 row and {two:.1f} ms on 2 rows "
+          f"({two / one:.2f}x); the pair can at best be {2 * one / two:.2f}x two separate calls")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=default_model())
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per answer")
+    parser.add_argument("--parts", nargs="+", choices=["sweep", "ab"], default=["sweep", "ab"])
     args = parser.parse_args()
 
     lm = load_model(args.model)
@@ -61,7 +79,7 @@ def main() -> None:
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, model {lm.provenance['model']}")
     print(f"prompt: {PROMPT!r}; {lm.n_layers * lm.n_heads} heads")
 
-    for mode in ("UA", "SC"):
+    for mode in ("UA", "SC") if "sweep" in args.parts else ():
         naive, fast = compare(
             f"Ships sweep {mode} (naive loop vs fast)",
             lambda mode=mode: ships_naive(lm, PROMPT, mode),
@@ -81,6 +99,8 @@ def main() -> None:
               f"{(bf16.float() - fast).abs().max().item():.2e} nats")  # fmt: skip
         del in_bf16
 
+    if "ab" not in args.parts:
+        return
     heads = parse_heads("18-8", lm.n_layers, lm.n_heads)
     decoding = DecodingConfig(max_new_tokens=args.tokens)
 
@@ -96,6 +116,7 @@ def main() -> None:
         args.repeats,
     )
     print(f"  same answers: {separate == batched}")
+    linear_profile(lm)
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def results_table(summary: dict) -> str:
         "| XSTest-safe refusal | XSTest-safe degenerate |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    order = {"none": 0, "ships": 1, "generalized": 2, "refusal": 3, "sahara": 4, "random": 5}
+    order = {"none": 0, "ships": 1, "generalized": 2, "refusal": 3, "sahara": 4, "refusal_group": 5, "random": 6}
     for key in sorted(groups, key=lambda k: (k[1] != "-", k[0], k[1], k[2], k[5], k[4], order.get(k[3], 9), k[3])):
         mode, heads_from, evaluated_on, ranking, k, subset = key
         rows = groups[key]

@@ -6,6 +6,7 @@ Missing or damaged files give a note on screen, never an error: the app works wi
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .ablation import Head
-from .precomputed import Precomputed, PrecomputedError, available, load, precomputed_root
+from .precomputed import Precomputed, PrecomputedError, available, load, model_slug, precomputed_root
 
 # The prompt sets the precomputed head lists come from, as shown on screen.
 PROMPT_SET_LABELS = {"jailbreakbench": "JailbreakBench", "maliciousinstruct": "MaliciousInstruct"}
@@ -22,14 +23,18 @@ PREFERRED_RANKINGS = ("generalized", "ships")
 FIGURE_RANKING = "generalized"  # the paper's figures place and colour heads by generalized Ships
 
 
+# A group search's heads are drawn on the single-head score it grows from.
+GROUP_BASIS = {"sahara": "generalized", "refusal_group": "refusal"}
+
+
 def ranked(pre: Precomputed, ranking: str) -> list[tuple[Head, float]]:
-    """The file's top-10 by `ranking` as [((layer, head), score)], best first."""
-    return [((layer, head), score) for layer, head, score in pre.top10[ranking]]
+    """The file's top-10 by `ranking`, or a group search's heads in the order found, as [((layer, head), score)]."""
+    return [((layer, head), score) for layer, head, score in pre.ranked(ranking)]
 
 
 def ranking_names(pre: Precomputed) -> list[str]:
-    names = sorted(pre.top10)
-    return [r for r in PREFERRED_RANKINGS if r in names] + [r for r in names if r not in PREFERRED_RANKINGS]
+    names = pre.rankings()
+    return [r for r in PREFERRED_RANKINGS if r in names] + sorted(r for r in names if r not in PREFERRED_RANKINGS)
 
 
 @dataclass
@@ -42,6 +47,7 @@ class HeadOptions:
     top: list[tuple[Head, float]] = field(default_factory=list)
     scores: np.ndarray | None = None  # (n_layers, n_heads) of the chosen ranking
     pre: Precomputed | None = None
+    suggested: list[Head] = field(default_factory=list)  # selected while the visitor has chosen none
 
 
 def head_options(
@@ -62,17 +68,75 @@ def head_options(
     rankings = ranking_names(pre)
     if not rankings:
         return HeadOptions(f"The precomputed file for {model} / {set_label} / {mode} holds no ranking.", pre=pre)
-    ranking = ranking if ranking in rankings else rankings[0]
+    hint = suggestion(model, root)
+    hint = hint if hint and (hint.prompt_set, hint.mode) == (prompt_set, mode) else None
+    if ranking not in rankings:
+        ranking = hint.ranking if hint else rankings[0]
     top = ranked(pre, ranking)
-    scores = np.asarray(pre.scores[ranking], dtype=float) if ranking in pre.scores else None
+    basis = GROUP_BASIS.get(ranking, ranking)
+    scores = np.asarray(pre.scores[basis], dtype=float) if basis in pre.scores else None
     eps = pre.provenance.get("eps")
     n_prompts = (pre.provenance.get("prompt_set") or {}).get("n")
     details = ", ".join(f"{key} {value}" for key, value in (("N =", n_prompts), ("ε =", eps)) if value is not None)
     where = ", ".join([mode, details]) if details else mode
-    note = f"Top-{len(top)} heads of **{model}** by **{ranking}** on {set_label} ({where})."
+    if ranking in GROUP_BASIS:
+        note = (
+            f"The **{ranking}** group of **{model}** on {set_label} ({where}): heads in the order the greedy "
+            f"search added them; the map shows each head's own {basis} score."
+        )
+    else:
+        note = f"Top-{len(top)} heads of **{model}** by **{ranking}** on {set_label} ({where})."
     if pre.command:
         note += f" Regenerate: `{pre.command}`"
+    if hint and hint.ranking == ranking:
+        return HeadOptions(f"{note}\n\n{hint.note}", rankings, ranking, top, scores, pre, hint.heads)
     return HeadOptions(note, rankings, ranking, top, scores, pre)
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """The heads the app selects for a model before the visitor chooses any, and why."""
+
+    prompt_set: str  # the set the heads were found on
+    mode: str
+    ranking: str
+    heads: list[Head]
+    note: str
+
+
+def suggestion(model: str, root: Path | None = None) -> Suggestion | None:
+    """Of the measured cross-set ablations of at most 3 heads (summary.json), the ranking, mode and k with the
+    highest coherent ASR on the prompts the intact model refuses, averaged over both directions; the heads
+    are those found on JailbreakBench (the panel's first set). None where nothing was measured."""
+    folder = (precomputed_root() if root is None else root) / model_slug(model)
+    try:
+        rows = json.loads((folder / "summary.json").read_text(encoding="utf-8"))["ablations"]
+        refused = [
+            r for r in rows if r.get("subset") == "refused" and r["k"] <= 3 and r["heads_from"] != r["evaluated_on"]
+        ]
+    except (OSError, ValueError, KeyError, TypeError):  # none measured, or a damaged file
+        return None
+    cells: dict[tuple, list[dict]] = {}
+    for row in refused:
+        if row["ranking"] not in ("none", "random"):
+            cells.setdefault((row["ranking"], row["mode"], row["k"]), []).append(row)
+    if not cells:
+        return None
+    (ranking, mode, k), found = max(
+        cells.items(), key=lambda cell: (len(cell[1]), np.mean([r["coherent_asr"] for r in cell[1]]), -cell[0][2])
+    )
+    row = next((r for r in found if r["heads_from"] == "jailbreakbench"), found[0])
+    random = [r["coherent_asr"] for r in refused if (r["ranking"], r["mode"], r["k"], r["evaluated_on"])
+              == ("random", mode, k, row["evaluated_on"])]  # fmt: skip
+    heads = [(layer, head) for layer, head in row["heads"]]
+    against = f", {k} random heads {np.mean(random):.2f}" if random else ""
+    note = (
+        f"Suggested: {mode} on {', '.join(f'{layer}-{head}' for layer, head in heads)} ({ranking}, top {k} on "
+        f"{PROMPT_SET_LABELS.get(row['heads_from'], row['heads_from'])}). Coherent ASR on the "
+        f"{PROMPT_SET_LABELS.get(row['evaluated_on'], row['evaluated_on'])} prompts the intact model refuses: "
+        f"{row['coherent_asr']:.2f}{against} (summary.json)."
+    )
+    return Suggestion(row["heads_from"], mode, ranking, heads, note)
 
 
 def figure_file(model: str, prompt_set: str, mode: str, root: Path | None = None) -> Precomputed | None:

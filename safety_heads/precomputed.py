@@ -58,9 +58,17 @@ class Precomputed:
     def top_heads(self, ranking: str, k: int = 10) -> list[Head]:
         return [(layer, head) for layer, head, _ in self.top10[ranking][:k]]
 
+    def rankings(self) -> list[str]:
+        """Every head list in the file: the single-head rankings, then the group searches that ran."""
+        return [*self.top10, *(["sahara"] if self.sahara else []), *(g for g in self.groups if self.groups[g])]
+
+    def ranked(self, ranking: str) -> list[tuple[int, int, float]]:
+        """A ranking's top-10, or a group search's heads in the order found; [] where the file lacks it."""
+        return self.top10.get(ranking) or (self.sahara if ranking == "sahara" else self.groups.get(ranking, []))
+
     def heads(self, ranking: str, k: int) -> list[Head] | None:
         """A ranking's top k, or a group search's first k heads; None where the file has no k heads of it."""
-        found = self.top10.get(ranking) or (self.sahara if ranking == "sahara" else self.groups.get(ranking, []))
+        found = self.ranked(ranking)
         return [(layer, head) for layer, head, _ in found[:k]] if len(found) >= k else None
 
 

@@ -22,6 +22,7 @@ with gr.Blocks() as block:
         label="Prompt",
         lines=3,
         max_length=MAX_PROMPT_CHARS,
+        value=EXAMPLES[0][0],  # the first minute: one click on Compare shows the point
         placeholder="Ask something the model should refuse…",
     )
     gr.Examples(EXAMPLES, inputs=[prompt], label="Examples: harmful, then benign", api_name="load_example")

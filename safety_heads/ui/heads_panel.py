@@ -5,17 +5,21 @@ from __future__ import annotations
 import gradio as gr
 
 from ..ablation import DEFAULT_EPS
-from ..head_options import PROMPT_SET_LABELS
+from ..head_options import PROMPT_SET_LABELS, suggestion
+from ..model_cache import initial_model
+
+# The first view shows the heads suggested for the model the page opens on (head_controls selects them).
+FIRST = suggestion(initial_model())
 
 with gr.Blocks() as block:
     prompt_set = gr.Radio(
         [(label, name) for name, label in PROMPT_SET_LABELS.items()],
-        value="jailbreakbench",
+        value=FIRST.prompt_set if FIRST else "jailbreakbench",
         label="Head lists from prompt set",
     )
     mode = gr.Radio(
         [("UA: undifferentiated attention", "UA"), ("SC: scale contribution", "SC")],
-        value="UA",
+        value=FIRST.mode if FIRST else "UA",
         label="Ablation",
     )
     ranking = gr.Dropdown(

@@ -7,7 +7,7 @@ import pandas as pd
 
 from .. import plots
 from ..ablation import Head, format_head
-from ..head_options import HeadOptions
+from ..head_options import GROUP_BASIS, HeadOptions
 
 TOP_HEADERS = ["rank", "head", "score"]
 
@@ -25,7 +25,7 @@ def score_figure(opts: HeadOptions, selected: list[Head]):
         [h for h, _ in opts.top],
         selected,
         title=f"{opts.pre.model}: {opts.ranking} ({opts.pre.prompt_set}, {opts.pre.mode})",
-        score_name=opts.ranking,
+        score_name=GROUP_BASIS.get(opts.ranking, opts.ranking),
     )
 
 
