@@ -62,7 +62,8 @@ def compare(page) -> tuple[list[str], float, float]:
     """Click Compare; the two final badges, and the seconds to the first streamed text and to the whole pair."""
     start = time.monotonic()
     page.get_by_role("button", name="Compare intact vs ablated").click()
-    sync_api.expect(page.get_by_label("Ablated model")).not_to_have_value("", timeout=120_000)
+    # The badges say "generating…" from the first streamed text until both answers are judged.
+    sync_api.expect(page.locator(".badge", has_text="generating…").first).to_be_visible(timeout=120_000)
     first = time.monotonic() - start
     page.wait_for_function(
         "labels => [...document.querySelectorAll('.badge')]"
