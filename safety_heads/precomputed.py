@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .ablation import Head
+from .ablation import MODES, Head
 
 PRECOMPUTED_DIR = Path(__file__).resolve().parent.parent / "precomputed"
 
@@ -119,10 +119,11 @@ def _check(result: Precomputed) -> None:
 
 
 def available(root: Path = PRECOMPUTED_DIR) -> list[tuple[str, str, str]]:
-    """(model slug, prompt set, mode) of every precomputed file present."""
+    """(model slug, prompt set, mode) of every precomputed file present (`<set>-UA.json`, `<set>-SC.json`; the
+    other files beside them, such as summary.json and hand-read.json, are not head scores)."""
     found = []
-    for path in sorted(root.glob("*/*.json")):
-        if path.stem.count("-") and path.name != "summary.json":
-            prompt_set, mode = path.stem.rsplit("-", 1)
+    for path in sorted(root.glob("*/*-*.json")):
+        prompt_set, mode = path.stem.rsplit("-", 1)
+        if mode in MODES:
             found.append((path.parent.name, prompt_set, mode))
     return found

@@ -67,6 +67,8 @@ def test_precomputed_roundtrip_and_corruption(tmp_path):
     path = save(result, tmp_path)
     loaded = load("m", "jailbreakbench", "UA", tmp_path)
     assert loaded.top_heads("ships", 1) == [(1, 1)]
+    for other in ("summary.json", "hand-read.json", "behaviour-answers.jsonl"):  # beside the scores, not scores
+        (tmp_path / "m" / other).write_text("{}")
     assert available(tmp_path) == [("m", "jailbreakbench", "UA")]
     with pytest.raises(PrecomputedError, match="No precomputed"):
         load("m", "maliciousinstruct", "UA", tmp_path)
