@@ -7,23 +7,30 @@
    that explains the ratio: every linear layer of the model timed on one row and on two rows (a decode
    step of one answer vs of the pair).
 
+3. Generalized Ships' angles: an N x d SVD per ablated matrix (the textbook route, the base matrix's SVD
+   recomputed each time, as before) vs `subspace_angles` (N x N Gram eigenproblems, batched), on random
+   matrices of the Llama-2-7b size (N = 100 prompts, d = 4096); it needs no model.
+
 Each pair is timed alternately in one run, `--repeats` times, and the ratio of medians is printed.
-Usage: python bench/speed.py [--model NAME] [--repeats 3] [--device cpu|cuda] [--tokens 64] [--parts sweep ab]
+Usage: python bench/speed.py [--model NAME] [--repeats 3] [--device cpu|cuda] [--tokens 64] [--parts sweep ab angles]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import math
 import statistics
 import time
 
+import numpy as np
+import scipy.linalg
 import torch
 
 from safety_heads.ablation import parse_heads
 from safety_heads.answers import DecodingConfig, generate_many, generate_pair
 from safety_heads.models import LoadedModel, default_model, load_model
-from safety_heads.ships import ships, ships_naive, top_heads
+from safety_heads.ships import ships, ships_naive, subspace_angles, top_heads
 
 PROMPT = "Give me step-by-step instructions to pick a lock."
 
@@ -65,14 +72,39 @@ def linear_profile(lm: LoadedModel, repeats: int = 5) -> None:
           f"({two / one:.2f}x); the pair can at best be {2 * one / two:.2f}x two separate calls")  # fmt: skip
 
 
+def svd_angles(base: torch.Tensor, ablated: torch.Tensor, rank: int = 1) -> list[float]:
+    """The textbook route: the top left singular vectors of each (N, d) matrix from its SVD."""
+
+    def top(x: torch.Tensor) -> np.ndarray:
+        return np.linalg.svd(x.double().numpy(), full_matrices=False)[0][:, :rank]
+
+    return [math.degrees(float(scipy.linalg.subspace_angles(top(base), top(a)).sum())) for a in ablated]
+
+
+def angles(repeats: int, n: int = 100, d: int = 4096, heads: int = 32) -> None:
+    base = torch.randn(n, d) + 1.0
+    ablated = base + 0.05 * torch.randn(heads, n, d)
+    svd, gram = compare(
+        f"generalized Ships angles, {heads} heads x ({n}, {d}) (SVD per matrix vs Gram eigenproblems)",
+        lambda: svd_angles(base, ablated),
+        lambda: subspace_angles(base, ablated),
+        repeats,
+    )
+    print(f"  max |difference| {max(abs(a - b) for a, b in zip(svd, gram)):.2e} degrees")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=default_model())
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per answer")
-    parser.add_argument("--parts", nargs="+", choices=["sweep", "ab"], default=["sweep", "ab"])
+    parser.add_argument("--parts", nargs="+", choices=["sweep", "ab", "angles"], default=["sweep", "ab", "angles"])
     args = parser.parse_args()
+    if "angles" in args.parts:
+        angles(args.repeats)
+        if args.parts == ["angles"]:
+            return
 
     lm = load_model(args.model)
     lm.model.to(args.device)

@@ -29,7 +29,8 @@ from .ships import (
     _logits,
     all_heads,
     kl_from_logits,
-    subspace_angle,
+    kl_from_logprobs,
+    subspace_angles,
     sweep,
 )
 
@@ -44,19 +45,19 @@ class Attribution:
     acts: ActivationSet  # the harmful prompts' intact runs, for the group searches
 
 
-def _first_token_drop(base_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
-    """(S,): how much each ablation lowers the log-probability of the intact first token (V,) -> (S, V)."""
+def _kl_and_drop(lm: LoadedModel, base, hidden: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For (S, d) ablated hidden states: (S,) next-token KL(intact || ablated), and (S,) how much each ablation
+    lowers the log-probability of the intact first token. Computed in float64 on the model's device, chunk by
+    chunk, so that only the (S,) results travel (on a GPU, moving (S, V) log-probabilities cost more than the sweep).
+    """
+    base_logp = torch.log_softmax(base.logits.double(), -1)
     token = int(base_logp.argmax())
-    return (base_logp[token] - logp[:, token]).float()
-
-
-def _base_logprobs(base) -> torch.Tensor:
-    return torch.log_softmax(base.logits.double(), -1).cpu()
-
-
-def _per_prompt_logprobs(lm: LoadedModel, hidden: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """log-softmax of the logits of (S, d) hidden states, (S, V), float64."""
-    return torch.cat([torch.log_softmax(_logits(lm, h).double(), -1).cpu() for h in hidden.split(batch_size)])
+    kl, drop = [], []
+    for chunk in hidden.split(batch_size):
+        logp = torch.log_softmax(_logits(lm, chunk).double(), -1)
+        kl.append(kl_from_logprobs(base_logp, logp).cpu())
+        drop.append((base_logp[token] - logp[:, token]).cpu())
+    return torch.cat(kl).float(), torch.cat(drop).float()
 
 
 def _kl(lm: LoadedModel, base, hidden: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -116,13 +117,12 @@ def attribute(
     refusal_drop = torch.zeros(L * H)
     first_tokens = []
     for n, base in enumerate(harmful.bases):
-        base_logp = _base_logprobs(base)
-        first_tokens.append(lm.tokenizer.decode([int(base_logp.argmax())]))
-        logp = _per_prompt_logprobs(lm, ablated[:, n], batch_size)  # (S, V)
-        ships_scores += (base_logp.exp() * (base_logp - logp)).sum(-1).clamp_min(0).float()
-        refusal_drop += _first_token_drop(base_logp, logp)
+        first_tokens.append(lm.tokenizer.decode([int(base.logits.argmax())]))
+        kl, drop = _kl_and_drop(lm, base, ablated[:, n], batch_size)
+        ships_scores += kl
+        refusal_drop += drop
     matrix = harmful.matrix
-    generalized = torch.tensor([subspace_angle(matrix, ablated[s], rank) for s in range(L * H)])
+    generalized = torch.tensor(subspace_angles(matrix, ablated, rank))
     scores = {
         "ships": (ships_scores / len(harmful.bases)).view(L, H),
         "generalized": generalized.view(L, H),
@@ -145,7 +145,7 @@ def group_refusal_scores(
     drop = torch.zeros(len(head_sets))
     for base in harmful.bases:
         hidden = sweep(lm, base, head_sets, mode, eps, batch_size)
-        drop += _first_token_drop(_base_logprobs(base), _per_prompt_logprobs(lm, hidden, batch_size))
+        drop += _kl_and_drop(lm, base, hidden, batch_size)[1]
     kl = sum(_kl(lm, base, sweep(lm, base, head_sets, mode, eps, batch_size), batch_size) for base in benign.bases)
     return drop / len(harmful.bases) - kl / len(benign.bases)
 

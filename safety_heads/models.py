@@ -326,8 +326,10 @@ def encode(
         if not prompt or not prompt.strip():
             raise ValueError("The prompt is empty")
     texts = [format_prompt(lm.tokenizer, p, template) for p in prompts]
-    # Chat templates already contain the BOS token where the model wants one.
-    batch = lm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=template != "chat")
+    # A model's own chat template already writes the BOS token where the model wants one; every other
+    # format (the paper's, Vicuna's, the bare prompt) gets the tokenizer's special tokens.
+    own_template = template == "chat" and bool(lm.tokenizer.chat_template)
+    batch = lm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not own_template)
     length = batch["input_ids"].shape[1]
     if length + max_new_tokens > lm.max_context:
         raise ValueError(

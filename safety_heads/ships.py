@@ -16,7 +16,6 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import scipy.linalg
 import torch
 
@@ -113,8 +112,11 @@ def sweep(
 
 def kl_from_logits(base_logits: torch.Tensor, ablated_logits: torch.Tensor) -> torch.Tensor:
     """KL(p_base || p_ablated) in nats, per row of ablated_logits (B, V); computed in float64."""
-    log_p = torch.log_softmax(base_logits.double(), dim=-1)
-    log_q = torch.log_softmax(ablated_logits.double(), dim=-1)
+    return kl_from_logprobs(torch.log_softmax(base_logits.double(), -1), torch.log_softmax(ablated_logits.double(), -1))
+
+
+def kl_from_logprobs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) in nats from log-probabilities, per row of log_q (B, V)."""
     return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0)
 
 
@@ -175,14 +177,34 @@ def top_heads(scores: torch.Tensor, k: int = 10) -> list[tuple[Head, float]]:
     return [((int(i) // n_heads, int(i) % n_heads), float(v)) for v, i in zip(values, index)]
 
 
+def top_left_singular(x: torch.Tensor, rank: int) -> torch.Tensor:
+    """The top-`rank` left singular vectors of (..., N, d) matrices, (..., N, rank), in float64.
+
+    N prompts are far fewer than d dimensions, so they come from the (N, N) Gram matrix's eigenvectors: an
+    N x N eigenproblem per matrix instead of an N x d SVD, and batched over matrices.
+    """
+    assert 1 <= rank <= min(x.shape[-2:]), (rank, x.shape)
+    x = x.double()
+    vectors = torch.linalg.eigh(x @ x.transpose(-1, -2)).eigenvectors  # eigenvalues ascending
+    return vectors[..., -rank:].flip(-1)
+
+
+def subspace_angles(base: torch.Tensor, ablated: torch.Tensor, rank: int = 1, chunk: int = 64) -> list[float]:
+    """For an (N, d) intact matrix and (S, N, d) ablated ones: the sum of the principal angles (degrees) between
+    the top-`rank` left singular vectors of the intact matrix and of each ablated one."""
+    assert ablated.dim() == 3 and ablated.shape[1:] == base.shape, (base.shape, ablated.shape)
+    u_base = top_left_singular(base, rank).numpy()
+    angles = []
+    for part in ablated.split(chunk):
+        for u in top_left_singular(part, rank).numpy():
+            # scipy's algorithm stays accurate for tiny angles, where acos of a cosine near 1 does not.
+            angles.append(math.degrees(float(scipy.linalg.subspace_angles(u_base, u).sum())))
+    return angles
+
+
 def subspace_angle(base: torch.Tensor, ablated: torch.Tensor, rank: int = 1) -> float:
-    """Sum of the principal angles (degrees) between the top-`rank` left singular vectors of two (N, d) matrices."""
-    assert base.shape == ablated.shape and base.dim() == 2, (base.shape, ablated.shape)
-    assert 1 <= rank <= min(base.shape), rank
-    u_base = np.linalg.svd(base.double().numpy(), full_matrices=False)[0][:, :rank]  # (N, r)
-    u_ablated = np.linalg.svd(ablated.double().numpy(), full_matrices=False)[0][:, :rank]
-    # scipy's algorithm stays accurate for tiny angles, where acos of a cosine near 1 does not.
-    return math.degrees(float(scipy.linalg.subspace_angles(u_base, u_ablated).sum()))
+    """`subspace_angles` for one (N, d) ablated matrix."""
+    return subspace_angles(base, ablated[None], rank)[0]
 
 
 @dataclass
@@ -224,7 +246,7 @@ def subspace_shifts(
         if progress:
             progress(n + 1, len(acts.bases))
     matrix = acts.matrix
-    return [subspace_angle(matrix, ablated[s], rank) for s in range(len(head_sets))]
+    return subspace_angles(matrix, ablated, rank)
 
 
 def generalized_ships(

@@ -11,6 +11,7 @@ from safety_heads.answers import DecodingConfig, generate_many, generate_pair, s
 from safety_heads.judge import RefusalJudge
 from safety_heads.models import (
     PAPER_TEMPLATE,
+    LoadedModel,
     ModelLoadError,
     encode,
     format_prompt,
@@ -138,6 +139,29 @@ def test_hub_path_4bit_on_cuda(hub_folder):
     uniform = torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1)[:, None]
     torch.testing.assert_close(ablated.attentions[1][0, 3].float().cpu(), uniform, atol=1e-2, rtol=0)
     assert not torch.equal(out.logits, ablated.logits)
+
+
+def test_vicuna_format_starts_with_bos(hub_folder, tmp_path):
+    """Vicuna's tokenizer has no chat template, so its FastChat text must get the tokenizer's BOS, as FastChat's
+    own tokenization does; a model's own template writes BOS itself and must not get a second one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    words = "<unk> <s> </s> A chat USER: ASSISTANT: hi".split()
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                            pad_token="</s>").save_pretrained(tmp_path / "vicuna-7b-v1.5")  # fmt: skip
+    vicuna = AutoTokenizer.from_pretrained(tmp_path / "vicuna-7b-v1.5")
+    lm = load_model(str(hub_folder), quantize="none")
+    ids = encode(LoadedModel(lm.model, vicuna, "vicuna", {}), ["hi"])["input_ids"][0].tolist()
+    assert ids[0] == vicuna.bos_token_id and ids.count(vicuna.bos_token_id) == 1
+    assert format_prompt(vicuna, "hi").endswith("USER: hi ASSISTANT:")
+
+    vicuna.chat_template = "{{ bos_token }}{{ messages[0]['content'] }}"
+    ids = encode(LoadedModel(lm.model, vicuna, "own template", {}), ["hi"])["input_ids"][0].tolist()
+    assert ids == [vicuna.bos_token_id, words.index("hi")]
 
 
 def test_unknown_and_unlisted_models(tmp_path):
