@@ -25,6 +25,7 @@ Usage: python bench/paper_shapes.py [--parts ...] [--work /tmp/paper-shapes] [-n
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import os
@@ -83,7 +84,8 @@ def peak() -> int:
 
 
 def llama_kind_tokenizer(corpus_bytes: int = 16 << 20) -> PreTrainedTokenizerFast:
-    """A tokenizer laid out like Llama's: <unk> <s> </s>, the 256 byte-fallback pieces, then learned BPE pieces."""
+    """A tokenizer laid out like Llama's (<unk> <s> </s>, the 256 byte-fallback pieces, then learned BPE pieces),
+    with Llama-2-chat's template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     text, size = [], 0
@@ -111,7 +113,9 @@ def llama_kind_tokenizer(corpus_bytes: int = 16 << 20) -> PreTrainedTokenizerFas
         [decoders.ByteFallback(), decoders.Fuse(), decoders.Metaspace(replacement="▁", prepend_scheme="first")]
     )
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE
+    return tokenizer
 
 
 def build_checkpoint(folder: Path, shape: str, tokenizer: PreTrainedTokenizerFast) -> Path:
@@ -127,7 +131,6 @@ def build_checkpoint(folder: Path, shape: str, tokenizer: PreTrainedTokenizerFas
     model.save_pretrained(folder)
     del model
     release()
-    tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE
     tokenizer.save_pretrained(folder)
     seconds = time.perf_counter() - start
     print(f"built {folder.name}: {n_params / 1e9:.2f} B parameters, random, bf16, saved in {seconds:.0f} s")
@@ -141,6 +144,7 @@ def vicuna_copy(llama: Path, tokenizer: PreTrainedTokenizerFast) -> Path:
     for file in llama.iterdir():
         if file.name.startswith(("model", "config", "generation_config")) and not (folder / file.name).exists():
             (folder / file.name).symlink_to(file)
+    tokenizer = copy.copy(tokenizer)  # the Llama checkpoints keep their template
     tokenizer.chat_template = None
     tokenizer.save_pretrained(folder)
     return folder

@@ -28,7 +28,6 @@ from .ships import (
     Progress,
     _logits,
     all_heads,
-    kl_from_logits,
     kl_from_logprobs,
     subspace_angles,
     sweep,
@@ -60,11 +59,6 @@ def _kl_and_drop(lm: LoadedModel, base, hidden: torch.Tensor, batch_size: int) -
     return torch.cat(kl).float(), torch.cat(drop).float()
 
 
-def _kl(lm: LoadedModel, base, hidden: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """(S,): next-token KL(intact || ablated) for (S, d) ablated hidden states."""
-    return torch.cat([kl_from_logits(base.logits, _logits(lm, h)).cpu() for h in hidden.split(batch_size)]).float()
-
-
 def _sweep_all(
     lm: LoadedModel, acts: ActivationSet, mode: Mode, eps: float, batch_size: int, progress: Progress | None
 ) -> torch.Tensor:
@@ -92,7 +86,7 @@ def benign_kl(
     It depends on the mode, not on the harmful set, so one sweep serves every set of that mode.
     """
     ablated = _sweep_all(lm, benign, mode, eps, batch_size, progress)  # (S, N, d)
-    kl = sum(_kl(lm, base, ablated[:, n], batch_size) for n, base in enumerate(benign.bases))
+    kl = sum(_kl_and_drop(lm, base, ablated[:, n], batch_size)[0] for n, base in enumerate(benign.bases))
     return (kl / len(benign.bases)).view(lm.n_layers, lm.n_heads)
 
 
@@ -146,7 +140,9 @@ def group_refusal_scores(
     for base in harmful.bases:
         hidden = sweep(lm, base, head_sets, mode, eps, batch_size)
         drop += _kl_and_drop(lm, base, hidden, batch_size)[1]
-    kl = sum(_kl(lm, base, sweep(lm, base, head_sets, mode, eps, batch_size), batch_size) for base in benign.bases)
+    kl = torch.zeros(len(head_sets))
+    for base in benign.bases:
+        kl += _kl_and_drop(lm, base, sweep(lm, base, head_sets, mode, eps, batch_size), batch_size)[0]
     return drop / len(harmful.bases) - kl / len(benign.bases)
 
 
