@@ -43,6 +43,9 @@ def ablation_plan(
                 for ranking in args.rankings:
                     if (heads := result.heads(ranking, k)) is not None:
                         yield ranking, mode, heads_from, evaluated_on, heads, None
+                    else:  # a group search stops at its size; a ranking may be absent from older files
+                        missing = f"{heads_from}-{mode}.json has fewer than {k} heads of {ranking}"
+                        print(f"  skipped: {missing}", file=sys.stderr)
                 for draw in range(args.random_draws):
                     yield "random", mode, heads_from, evaluated_on, random_heads(lm, k, seed=1000 * k + draw), draw
 

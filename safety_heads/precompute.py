@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=default_model())
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sets", nargs="+", default=list(HARMFUL_SETS), help="harmful prompt sets to attribute on")
+    p.add_argument("--heads-from", nargs="+", help="of --sets, only these give heads (one direction)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("-n", type=int, default=100, help="harmful prompts per set")
     p.add_argument("--refused", action="store_true", help="the first n prompts the intact model refuses (`behaviour`)")
@@ -67,6 +68,13 @@ def _stage(stage: str):
     return progress
 
 
+def head_sets(args) -> list[str]:
+    """The prompt sets whose heads are found and evaluated: --heads-from, else every set."""
+    if args.heads_from and not set(args.heads_from) <= set(args.sets):
+        raise SystemExit(f"--heads-from {' '.join(args.heads_from)}: each must be one of --sets {' '.join(args.sets)}")
+    return args.heads_from or args.sets
+
+
 def harmful_prompts(args, model: str, prompt_set: str) -> tuple[list[str], list[int] | None]:
     """The first n prompts of the set, or with --refused the first n the intact model refuses (and their rows)."""
     if not args.refused:
@@ -85,7 +93,7 @@ def attribute_all(args, lm: LoadedModel, command: str) -> dict[tuple[str, str], 
         print(f"{mode}: benign sweep over {len(benign)} prompts, shared by every set", file=sys.stderr)
         penalty = benign_kl(lm, benign_acts, mode, args.eps, args.batch_size, _stage("benign prompts"))
         benign_seconds = round(time.time() - start, 1)
-        for prompt_set in args.sets:
+        for prompt_set in head_sets(args):
             harmful, rows = harmful_prompts(args, lm.model_id, prompt_set)
             start = time.time()
             print(f"{prompt_set} {mode}: {len(harmful)} harmful prompts", file=sys.stderr)
@@ -161,7 +169,7 @@ def run(args) -> None:
     args.code_version = code_version()  # read once at the start: the tree may change during a long run
     print(f"{lm.model_id} on {args.device} ({platform.node()}), code {args.code_version}", file=sys.stderr)
     if args.reuse:
-        results = {(s, m): load(lm.model_id, s, m, args.out) for s in args.sets for m in args.modes}
+        results = {(s, m): load(lm.model_id, s, m, args.out) for s in head_sets(args) for m in args.modes}
         if args.search_groups:
             benign = record_prompts(lm, load_prompts(args.benign, n=args.group_n_benign), args.template)
             for (prompt_set, _), result in results.items():

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from safety_heads import grid
+from safety_heads import grid, precompute
 from safety_heads.behaviour import behaviour_path
 from safety_heads.datasets import load_stratified
 from safety_heads.precomputed import Precomputed
@@ -34,7 +34,7 @@ def test_stratified_takes_the_first_of_each_type(datasets):
     ]  # fmt: skip
 
 
-def test_grid_rows_per_subset_and_a_restart_skips_finished_rows(tiny_llama, datasets, tmp_path, monkeypatch):
+def test_grid_rows_per_subset_and_a_restart_skips_finished_rows(tiny_llama, datasets, tmp_path, monkeypatch, capsys):
     lm = tiny_llama
     out = tmp_path / "precomputed"
     behaviour = {"coherence": {"limit": 100.0}, "sets": {"jailbreakbench": {"refused_rows": [0, 2]},
@@ -57,6 +57,7 @@ def test_grid_rows_per_subset_and_a_restart_skips_finished_rows(tiny_llama, data
     # intact, ships (k=1) and one random draw, for each of 2 sets, each read on all and on the refused rows;
     # no Sahara row, since these files hold no Sahara group.
     assert len(rows) == 3 * 2 * 2
+    assert "jailbreakbench-UA.json has fewer than 1 heads of sahara" in capsys.readouterr().err
     assert {(r["ranking"], r["subset"]) for r in rows} == {
         (ranking, subset) for ranking in ("none", "ships", "random") for subset in ("all", "refused")
     }
@@ -74,3 +75,14 @@ def test_grid_rows_per_subset_and_a_restart_skips_finished_rows(tiny_llama, data
     path.write_text(json.dumps(summary))
     assert json.loads(grid.evaluate_all(args, lm, results, "cmd").read_text())["ablations"] == rows
     assert len(calls) == 1
+
+
+def test_heads_from_picks_one_direction_of_the_grid():
+    parser = argparse.ArgumentParser()
+    precompute.add_arguments(parser)
+    both = parser.parse_args(["--sets", "jailbreakbench", "maliciousinstruct"])
+    assert precompute.head_sets(both) == ["jailbreakbench", "maliciousinstruct"]
+    one = parser.parse_args(["--sets", "jailbreakbench", "maliciousinstruct", "--heads-from", "jailbreakbench"])
+    assert precompute.head_sets(one) == ["jailbreakbench"]
+    with pytest.raises(SystemExit, match="each must be one of --sets"):
+        precompute.head_sets(parser.parse_args(["--sets", "jailbreakbench", "--heads-from", "advbench"]))
