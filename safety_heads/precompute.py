@@ -127,34 +127,44 @@ def attribute_all(args, lm: LoadedModel, command: str) -> dict[tuple[str, str], 
             path = save(result, args.out)  # the single-head rankings are kept even if a group search fails
             tops = {name: ", ".join(format_head(h) for h in result.top_heads(name, 3)) for name in RANKINGS}
             print(f"  wrote {path} ({result.provenance['seconds']} s); top-3 {tops}", file=sys.stderr)
-            search_groups(args, lm, result, harmful, benign_acts)
+            search_groups(args, lm, result, harmful, benign_acts, command)
             results[(prompt_set, mode)] = result
     return results
 
 
-def search_groups(args, lm: LoadedModel, result: Precomputed, harmful: list[str], benign: ActivationSet) -> None:
-    """Sahara and our refusal group, on the first --group-n harmful and --group-n-benign benign prompts."""
+def search_groups(
+    args, lm: LoadedModel, result: Precomputed, harmful: list[str], benign: ActivationSet, command: str
+) -> None:
+    """Sahara and our refusal group, on the first --group-n harmful and --group-n-benign benign prompts.
+
+    Provenance is merged, so a later run of one search keeps the record of the other.
+    """
     if not (args.sahara_size or args.group_size):
         return
-    start = time.time()
     acts = record_prompts(lm, harmful[: args.group_n], args.template)
     benign = ActivationSet(benign.bases[: args.group_n_benign])
     mode = result.mode
+    record = result.provenance.setdefault("groups", {})
+    record.update(
+        harmful_prompts=len(acts.bases), benign_prompts=len(benign.bases),
+        first_head="the single-head ranking's top head, from all the attribution prompts",
+    )  # fmt: skip
     if args.sahara_size:
+        start = time.time()
         first = torch.tensor(result.scores["generalized"])
         steps = sahara(lm, acts, args.sahara_size, mode, args.eps, args.rank, args.batch_size, _stage("sahara"), first)
         result.sahara = [(s.head[0], s.head[1], s.angle) for s in steps]
+        record.update(sahara_size=args.sahara_size, sahara_seconds=round(time.time() - start, 1))
     if args.group_size:
+        start = time.time()
         single = torch.tensor(result.scores["refusal"])
         group = refusal_group(lm, acts, benign, single, args.group_size, args.group_candidates, mode, args.eps,
                               args.batch_size, _stage("refusal group"))  # fmt: skip
         result.groups["refusal_group"] = [(h[0], h[1], score) for h, score in group]
-    result.provenance["groups"] = {
-        "harmful_prompts": len(acts.bases), "benign_prompts": len(benign.bases), "sahara_size": args.sahara_size,
-        "refusal_group_size": args.group_size, "refusal_group_candidates": args.group_candidates,
-        "first_head": "the single-head ranking's top head, from all the attribution prompts",
-        "seconds": round(time.time() - start, 1),
-    }  # fmt: skip
+        record.update(refusal_group_size=args.group_size, refusal_group_candidates=args.group_candidates,
+                      refusal_group_seconds=round(time.time() - start, 1))  # fmt: skip
+    record["seconds"] = round(record.get("sahara_seconds", 0) + record.get("refusal_group_seconds", 0), 1)
+    record["commands"] = [*record.get("commands", []), command]
     print(f"  groups: sahara {result.sahara}, refusal {result.groups.get('refusal_group')}", file=sys.stderr)
     save(result, args.out)
 
@@ -173,7 +183,7 @@ def run(args) -> None:
         if args.search_groups:
             benign = record_prompts(lm, load_prompts(args.benign, n=args.group_n_benign), args.template)
             for (prompt_set, _), result in results.items():
-                search_groups(args, lm, result, harmful_prompts(args, lm.model_id, prompt_set)[0], benign)
+                search_groups(args, lm, result, harmful_prompts(args, lm.model_id, prompt_set)[0], benign, command)
     else:
         results = attribute_all(args, lm, command)
     if args.evaluate:
