@@ -81,7 +81,13 @@ def evaluate_all(args, lm: LoadedModel, results: dict[tuple[str, str], Precomput
     }  # fmt: skip
     path = args.out / model_slug(lm.model_id) / "summary.json"
     summary = json.loads(path.read_text()) if path.is_file() else {}
-    if summary.get("settings") != settings:  # other settings: the old rows measure something else
+    if summary.get("ablations") and summary.get("settings") != settings:  # the old rows measure something else
+        changed = {k: v for k, v in settings.items() if summary["settings"].get(k) != v}
+        raise SystemExit(
+            f"{path} holds {len(summary['ablations'])} rows measured with other settings than {changed} "
+            f"(theirs: {summary['settings']}); run with those, or move the file (and answers.jsonl) to start anew"
+        )
+    if summary.get("settings") != settings:
         summary = {"settings": settings, "ablations": []}
         path.with_name("answers.jsonl").unlink(missing_ok=True)
     summary["coherence"] = summary.get("coherence") or {"rule": COHERENCE_RULE, **coherence_for(args, lm)}

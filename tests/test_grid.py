@@ -78,6 +78,11 @@ def test_grid_rows_per_subset_and_a_restart_skips_finished_rows(tiny_llama, data
     assert json.loads(grid.evaluate_all(args, lm, results, "cmd").read_text())["ablations"] == rows
     assert len(calls) == 1
 
+    args.n = 2  # a run with other settings stops before it touches the rows measured so far
+    with pytest.raises(SystemExit, match=r"holds 12 rows measured with other settings than \{'n': 2\}"):
+        grid.evaluate_all(args, lm, results, "cmd")
+    assert json.loads(path.read_text())["ablations"] == rows and path.with_name("answers.jsonl").is_file()
+
 
 def test_heads_from_picks_one_direction_of_the_grid():
     parser = argparse.ArgumentParser()
