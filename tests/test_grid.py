@@ -106,7 +106,7 @@ def test_a_later_group_search_keeps_the_record_of_the_earlier_one(tiny_llama, tm
         eps=1e-5, rank=1, batch_size=8, out=tmp_path,
     )  # fmt: skip
     precompute.search_groups(args, lm, result, HARMFUL, benign, "sahara run")
-    assert [s[:2] for s in result.sahara][0] == (2, 3)  # the first head is generalized Ships' top head
+    assert result.sahara[0][:2] == (2, 3)  # the first head is generalized Ships' top head
     args.sahara_size, args.group_size = 0, 2
     precompute.search_groups(args, lm, result, HARMFUL, benign, "group run")
     record = result.provenance["groups"]
