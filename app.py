@@ -30,6 +30,7 @@ from safety_heads.model_cache import ModelCache, initial_model, load_for_app, mo
 from safety_heads.models import ModelLoadError
 from safety_heads.precomputed import coherence_limit
 from safety_heads.run_record import run_record, write_record
+from safety_heads.runtime import DEFAULT_CPU_RUNTIME, check_runtime
 from safety_heads.set_evaluation import evaluate_set
 from safety_heads.ships import ships, top_heads
 from safety_heads.ui import attention_tab, compare_panel, evaluate_tab, figures_tab, heads_panel, live_tab, scores_tab
@@ -53,7 +54,7 @@ MODELS = model_choices()
 INITIAL_MODEL = initial_model()
 cache = ModelCache(load_for_app)
 if os.environ.get("SAFETY_HEADS_PRELOAD", "1") != "0":
-    cache.preload(INITIAL_MODEL)
+    cache.preload(INITIAL_MODEL, DEFAULT_CPU_RUNTIME)
 judge = RefusalJudge()
 # The queue as launched under __main__ (the load test launches the app in-process with the same settings).
 QUEUE = {"max_size": 32, "default_concurrency_limit": 4}
@@ -67,12 +68,13 @@ logged; the record of each comparison is kept for download for about an hour, th
 """
 
 
-def model_for(name: str, progress: gr.Progress):
+def model_for(name: str, runtime: str, progress: gr.Progress):
     if name not in MODELS:
         raise ValueError(f"Model {name!r} is not offered here; choose one of {', '.join(MODELS)}")
-    if cache.loaded(name) is None:
+    check_runtime(runtime)
+    if cache.loaded(name, runtime) is None:
         progress((0, None), desc=f"Loading {MODELS[name].label} (first use)…")
-    return cache.get(name)
+    return cache.get(name, runtime)
 
 
 def decoding_config(decoding, max_new_tokens, seed) -> DecodingConfig:
@@ -81,25 +83,28 @@ def decoding_config(decoding, max_new_tokens, seed) -> DecodingConfig:
     return DecodingConfig(decoding, tokens, seed=seed)
 
 
-def load_model(name: str, progress=gr.Progress()):
-    """Show the model's loading state until it is ready; the load itself runs in a background thread."""
+def load_model(name: str, runtime: str, progress=gr.Progress()):
+    """Show the model's loading state (and, on a first start, its stage) until it is ready; the load itself
+    runs in a background thread."""
     with shown_to_user():
         if name not in MODELS:
             raise ValueError(f"Model {name!r} is not offered here")
-        thread = cache.preload(name)  # returns at once if loaded; waits on an ongoing load otherwise
+        check_runtime(runtime)
+        thread = cache.preload(name, runtime)  # returns at once if loaded; waits on an ongoing load otherwise
         waited = 0
         while thread.is_alive():
-            progress((waited, None), desc=f"Loading {MODELS[name].label}", unit="s")
-            yield f"Loading **{MODELS[name].label}**… {waited} s (the page works meanwhile)"
+            stage = cache.stage(name, runtime) or "starting"
+            progress((waited, None), desc=f"Loading {MODELS[name].label}: {stage}", unit="s")
+            yield f"Loading **{MODELS[name].label}**… {waited} s: {stage} (the page works meanwhile)"
             thread.join(1.0)
             waited += 1
-        lm = cache.loaded(name)
+        lm = cache.loaded(name, runtime)
         if lm is None:
-            raise ModelLoadError(cache.error(name) or f"Could not load {name}")
+            raise ModelLoadError(cache.error(name, runtime) or f"Could not load {name}")
         digest = next((v for k, v in lm.provenance.items() if k.endswith("sha256")), None)
         short = f", sha256 {digest[:12]}…" if digest else ""
         shape = f"{lm.n_layers} layers × {lm.n_heads} heads"
-        yield f"**{MODELS[name].label}** ready: {shape}, {lm.device}{short}"
+        yield f"**{MODELS[name].label}** ready: {shape}, {lm.device}, runtime {lm.provenance['runtime']}{short}"
 
 
 def lenient_selection(model: str, checked: list[str], typed: str) -> tuple[list, str]:
@@ -138,11 +143,11 @@ def selection(model, prompt_set, mode, ranking, checked, typed):
 
 
 @gpu
-def compare(model, prompt, checked, typed, mode, eps, decoding, max_new_tokens, seed, progress=gr.Progress()):
+def compare(model, runtime, prompt, checked, typed, mode, eps, decoding, max_new_tokens, seed, progress=gr.Progress()):
     """Stream the intact and the ablated answer side by side, then label both and offer the run as JSON."""
     with shown_to_user():
         prompt = check_prompt(prompt)
-        lm = model_for(model, progress)
+        lm = model_for(model, runtime, progress)
         heads = selected_heads(checked or [], typed or "", lm)
         eps = check_eps(to_number(eps, "ε"))
         config = decoding_config(decoding, max_new_tokens, seed)
@@ -159,11 +164,11 @@ def compare(model, prompt, checked, typed, mode, eps, decoding, max_new_tokens, 
 
 
 @gpu
-def show_attention(model, prompt, head, mode, eps, progress=gr.Progress()):
+def show_attention(model, runtime, prompt, head, mode, eps, progress=gr.Progress()):
     """The chosen head's attention on the current prompt, intact and ablated."""
     with shown_to_user():
         prompt = check_prompt(prompt)
-        lm = model_for(model, progress)
+        lm = model_for(model, runtime, progress)
         if not head:
             raise ValueError("Select a head first (tick one or type it), then show its attention.")
         (chosen,) = parse_heads([head], lm.n_layers, lm.n_heads)
@@ -175,11 +180,11 @@ def show_attention(model, prompt, head, mode, eps, progress=gr.Progress()):
 
 
 @gpu
-def score_prompt(model, prompt, checked, typed, mode, eps, progress=gr.Progress()):
+def score_prompt(model, runtime, prompt, checked, typed, mode, eps, progress=gr.Progress()):
     """Live Ships: ablate each head in turn on this prompt; score the change of the next token."""
     with shown_to_user():
         prompt = check_prompt(prompt)
-        lm = model_for(model, progress)
+        lm = model_for(model, runtime, progress)
         selected, _ = lenient_selection(model, checked, typed)
         step = lambda done, total: progress((done, total), desc="Ships: ablating each head", unit="heads")  # noqa: E731
         scores = ships(lm, prompt, mode, check_eps(to_number(eps, "ε")), progress=step)
@@ -190,10 +195,12 @@ def score_prompt(model, prompt, checked, typed, mode, eps, progress=gr.Progress(
 
 
 @gpu
-def evaluate(model, prompt_set, n, checked, typed, mode, eps, decoding, max_new_tokens, seed, progress=gr.Progress()):
+def evaluate(
+    model, runtime, prompt_set, n, checked, typed, mode, eps, decoding, max_new_tokens, seed, progress=gr.Progress()
+):
     """ASR over the first N prompts of a set: intact, ablated, and a random-head control of the same size."""
     with shown_to_user():
-        lm = model_for(model, progress)
+        lm = model_for(model, runtime, progress)
         heads = selected_heads(checked or [], typed or "", lm)
         config = decoding_config(decoding, max_new_tokens, seed)
         step = lambda done, total, what: progress((done, total), desc=what, unit="answers")  # noqa: E731
@@ -238,7 +245,7 @@ with gr.Blocks(title="Safety heads", delete_cache=(3600, 3600)) as demo:
     head_panel = [h.ranking, h.heads, h.precomputed_note, scores_tab.heatmap, scores_tab.top_list]
     on_choice = [demo.load, model.change, h.prompt_set.change, h.mode.change, h.ranking.input]
 
-    gr.on([demo.load, model.change], load_model, [model], [status], api_name="load_model")
+    gr.on([demo.load, model.change, h.runtime.change], load_model, [model, h.runtime], [status], api_name="load_model")
     gr.on(on_choice, head_controls, choice, head_panel, api_name="head_options")
     gr.on(
         [h.heads.change, h.typed_heads.change],
@@ -256,21 +263,25 @@ with gr.Blocks(title="Safety heads", delete_cache=(3600, 3600)) as demo:
     gr.on(
         [c.run.click, c.prompt.submit],
         compare,
-        [model, c.prompt, *selected, *ablation, *sampling],
+        [model, h.runtime, c.prompt, *selected, *ablation, *sampling],
         answers,
         api_name="compare",
         **model_work,
     )
-    attention_inputs = [model, c.prompt, attention_tab.head, *ablation]
+    attention_inputs = [model, h.runtime, c.prompt, attention_tab.head, *ablation]
     attention_tab.show.click(show_attention, attention_inputs, [attention_tab.plot], api_name="attention", **model_work)
     live_outputs = [live_tab.heatmap, live_tab.top_list]
     live_tab.score.click(
-        score_prompt, [model, c.prompt, *selected, *ablation], live_outputs, api_name="score_prompt", **model_work
+        score_prompt,
+        [model, h.runtime, c.prompt, *selected, *ablation],
+        live_outputs,
+        api_name="score_prompt",
+        **model_work,
     )
     e = evaluate_tab
     e.run.click(
         evaluate,
-        [model, e.prompt_set, e.n, *selected, *ablation, *sampling],
+        [model, h.runtime, e.prompt_set, e.n, *selected, *ablation, *sampling],
         [e.summary, e.plot, e.answers],
         api_name="evaluate",
         **model_work,

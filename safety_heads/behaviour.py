@@ -26,6 +26,7 @@ from .judge import RefusalJudge, attack_success
 from .models import TEMPLATES, LoadedModel, default_model, load_model
 from .precomputed import PRECOMPUTED_DIR, model_slug
 from .provenance import code_version, prompt_set_provenance, write_json
+from .runtime import add_runtime
 
 DEFAULT_SETS = ("jailbreakbench", "maliciousinstruct", "xstest_safe")
 
@@ -56,6 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-benign", type=int, default=50)
     p.add_argument("--calibration-tokens", type=int, default=64, help="length of the sampled benign answers")
     p.add_argument("--out", type=Path, default=PRECOMPUTED_DIR)
+    add_runtime(p)
 
 
 def measure_set(
@@ -83,7 +85,7 @@ def run(args) -> None:
     if record.get("settings") != settings:  # other settings: start over
         record = {"settings": settings, "sets": {}}
         answers_path.unlink(missing_ok=True)
-    lm = load_model(args.model)
+    lm = load_model(args.model, runtime=args.runtime)
     record |= {"model": lm.model_id, "provenance": {**lm.provenance, "code_version": code_version()}}
     record["command"] = "python -m safety_heads " + shlex.join(sys.argv[1:])
     if "coherence" not in record:

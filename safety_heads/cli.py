@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from .ablation import DEFAULT_EPS, MODES, format_head, parse_heads
 from .models import TEMPLATES, ModelLoadError, default_model, load_model
+from .runtime import add_runtime
 
 
 def _progress_bar(desc: str) -> tuple[tqdm, Callable[[int, int], None]]:
@@ -30,7 +31,7 @@ def _progress_bar(desc: str) -> tuple[tqdm, Callable[[int, int], None]]:
 
 def _load(args):
     """A catalog name loads as in the library and the app; a hub id or folder takes --adapter and --quantize."""
-    return load_model(args.model, adapter=args.adapter, quantize=args.quantize)
+    return load_model(args.model, adapter=args.adapter, quantize=args.quantize, runtime=args.runtime)
 
 
 def cmd_ships(args) -> None:
@@ -103,6 +104,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=default_model(), help="catalog name, hub id or local folder")
     parser.add_argument("--adapter", default=None, help="LoRA adapter folder (models outside the catalog)")
     parser.add_argument("--quantize", choices=["auto", "4bit", "none"], default="auto")
+    add_runtime(parser)
     parser.add_argument("--mode", choices=MODES, default="UA", help="UA: undifferentiated attention; SC: scale output")
     parser.add_argument("--eps", type=float, default=DEFAULT_EPS, help="ablation scale, in (0, 1]")
     parser.add_argument("--template", choices=TEMPLATES, default="chat")

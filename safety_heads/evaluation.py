@@ -32,6 +32,7 @@ class AblationResult:
     xstest_safe_opening_refusal: float | None  # first sentence declines (judge.opens_with_refusal)
     xstest_safe_degenerate: float | None  # benign answers broken by the ablation
     draw: int | None = None  # which random draw, for the random control
+    runtime: str = "float32"  # the runtime the answers came from (runtime.RUNTIMES; "nf4" on a GPU)
 
     def to_json(self) -> dict:
         return {key: value for key, value in asdict(self).items() if value is not None or key != "draw"}
@@ -104,7 +105,7 @@ class Evaluator:
                 ranking, mode, heads_from, evaluated_on, subset, len(heads), [list(h) for h in heads],
                 result.asr, result.coherent_asr, result.degenerate,
                 safe.refusal if safe else None, safe.opening_refusal if safe else None,
-                safe.degenerate if safe else None, draw,
+                safe.degenerate if safe else None, draw, self.lm.provenance.get("runtime", "float32"),
             ))  # fmt: skip
         return rows
 

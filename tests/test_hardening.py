@@ -54,7 +54,7 @@ def app():
 def served(app, embedded, monkeypatch) -> LoadedModel:
     """The app's handlers serve the embedded model under every offered name; BROKEN fails to load."""
 
-    def loader(name: str) -> LoadedModel:
+    def loader(name: str, runtime: str, report) -> LoadedModel:
         if name == BROKEN:
             raise OSError("disk on fire")
         return embedded
@@ -96,6 +96,7 @@ def run(handler, *args):
 def compare_args(**change) -> list:
     args = {
         "model": MODEL,
+        "runtime": "int4",
         "prompt": PROMPT,
         "checked": [],
         "typed": HEADS,
@@ -141,14 +142,14 @@ def test_models_outside_the_allowlist_are_refused(app, served, name):
     with pytest.raises(gr.Error, match="not offered"):
         run(app.compare, *compare_args(model=name))
     with pytest.raises(gr.Error, match="not offered"):
-        run(app.load_model, name)
+        run(app.load_model, name, "int4")
 
 
 @pytest.mark.parametrize("prompt_set", ["/etc/passwd", "../shared/datasets/jailbreakbench.csv", "jailbreakbench.csv"])
 def test_prompt_sets_are_chosen_by_name_only(app, served, prompt_set):
     with pytest.raises(ValueError, match="Unknown prompt set"):
         set_prompts(prompt_set, 1)
-    args = (MODEL, prompt_set, 2, [], HEADS, "UA", 1e-5, "greedy", 4, 0)
+    args = (MODEL, "int4", prompt_set, 2, [], HEADS, "UA", 1e-5, "greedy", 4, 0)
     with pytest.raises(gr.Error, match="Unknown prompt set"):
         run(app.evaluate, *args)
 
@@ -180,8 +181,8 @@ def test_a_huge_prompt_is_refused_before_the_model_runs(app, served):
         with pytest.raises(gr.Error, match="100,000 characters; at most 4,000"):
             run(app.compare, *compare_args(prompt="x" * 100_000))
         for handler, args in (
-            (app.show_attention, (MODEL, "x" * 100_000, "3-1", "UA", 1e-5)),
-            (app.score_prompt, (MODEL, "x" * 100_000, [], "", "UA", 1e-5)),
+            (app.show_attention, (MODEL, "int4", "x" * 100_000, "3-1", "UA", 1e-5)),
+            (app.score_prompt, (MODEL, "int4", "x" * 100_000, [], "", "UA", 1e-5)),
         ):
             with pytest.raises(gr.Error, match="at most 4,000"):
                 run(handler, *args)
@@ -300,7 +301,7 @@ def left_mid_stream(app, embedded):
     handle = embedded.layers[0].register_forward_hook(lambda *_: passes.append(time.perf_counter()))
     mp = pytest.MonkeyPatch()
     try:
-        mp.setattr(app, "cache", app.ModelCache(lambda name: embedded))
+        mp.setattr(app, "cache", app.ModelCache(lambda name, runtime, report: embedded))
         stream = app.compare(*compare_args(max_new_tokens=48))
         next(stream)
         next(stream)
@@ -328,11 +329,11 @@ def test_a_model_that_fails_to_load(app, served):
     with pytest.raises(gr.Error, match="Could not load broken/model: disk on fire"):
         run(app.compare, *compare_args(model=BROKEN))
     with pytest.raises(gr.Error, match="disk on fire"):
-        run(app.load_model, BROKEN)
+        run(app.load_model, BROKEN, "int4")
     # Other models are still served, and the failed one is tried again on the next request.
-    assert "ready" in run(app.load_model, MODEL)[-1]
+    assert "ready" in run(app.load_model, MODEL, "int4")[-1]
     assert final_answers(app) == reference(served)
-    assert app.cache.error(BROKEN) and app.cache.loaded(BROKEN) is None
+    assert app.cache.error(BROKEN, "int4") and app.cache.loaded(BROKEN, "int4") is None
 
 
 def test_precomputed_files_missing_or_corrupt(app, monkeypatch, tmp_path):
@@ -377,7 +378,7 @@ def test_precomputed_files_missing_or_corrupt(app, monkeypatch, tmp_path):
 
 
 def test_prompt_sets_missing_or_damaged(app, served, monkeypatch, tmp_path):
-    args = [MODEL, "jailbreakbench", 2, [], HEADS, "UA", 1e-5, "greedy", 4, 0]
+    args = [MODEL, "int4", "jailbreakbench", 2, [], HEADS, "UA", 1e-5, "greedy", 4, 0]
     monkeypatch.setenv("SAFETY_HEADS_DATASETS", str(tmp_path / "nowhere"))
     with pytest.raises(gr.Error, match="not installed on this server"):
         run(app.evaluate, *args)
@@ -389,4 +390,4 @@ def test_prompt_sets_missing_or_damaged(app, served, monkeypatch, tmp_path):
         run(app.evaluate, *args)
     for n, message in ((0, "N must be 1-50"), (MAX_EVAL_PROMPTS + 1, "N must be 1-50"), (None, "N must be a number")):
         with pytest.raises(gr.Error, match=message):
-            run(app.evaluate, *[*args[:2], n, *args[3:]])
+            run(app.evaluate, *[*args[:3], n, *args[4:]])

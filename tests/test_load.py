@@ -31,7 +31,7 @@ def report(embedded):
         mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         mp.setenv("SAFETY_HEADS_APP_MODEL", EMBEDDED_SAFETY)
         app = importlib.import_module("app")
-        mp.setattr(app, "cache", app.ModelCache(lambda name: embedded))
+        mp.setattr(app, "cache", app.ModelCache(lambda name, runtime, report: embedded))
         distinct = distinct_requests(EMBEDDED_SAFETY, 4, PROMPTS[1:2], ["", "18-8", "7-2, 17-2"])
         report = run_load(app, embedded, distinct, n_requests=N_REQUESTS, clients=4)
     print(report.summary())

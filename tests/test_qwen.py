@@ -92,6 +92,6 @@ def test_the_default_name_round_trips_through_library_cli_and_app(qwen, monkeypa
     monkeypatch.setattr(cli, "load_model", lambda name, **kwargs: loaded.append(name) or qwen)
     assert cli.main(["generate", "What is 2 + 2?", "--max-new-tokens", "8"]) == 0
     assert "--- intact" in capsys.readouterr().out
-    monkeypatch.setattr(model_cache, "load_catalog_model", lambda name: loaded.append(name) or qwen)
-    assert model_cache.load_for_app(QWEN_05B) is qwen
+    monkeypatch.setattr(model_cache, "load_catalog_model", lambda name, *_: loaded.append(name) or qwen)
+    assert model_cache.load_for_app(QWEN_05B, "int4", print) is qwen
     assert loaded == [QWEN_05B, QWEN_05B]

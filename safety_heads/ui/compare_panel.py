@@ -33,11 +33,12 @@ with gr.Blocks() as block:
         decoding = gr.Radio(["greedy", "top-k"], value="greedy", label="Decoding")
         max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=128, step=1, label="Max new tokens")
     run = gr.Button("Compare intact vs ablated", variant="primary")
-    with gr.Row(equal_height=True):
-        with gr.Column():
-            intact_badge = gr.HTML(badge_html(None, "intact"))
-            intact_answer = gr.Textbox(label="Intact model", lines=10, interactive=False)
-        with gr.Column():
-            ablated_badge = gr.HTML(badge_html(None, "ablated"))
-            ablated_answer = gr.Textbox(label="Ablated model", lines=10, interactive=False)
+    # The answers first, their verdicts under them: a verdict's reason may wrap to more lines on one side,
+    # and above the answers it pushed that pane lower than the other.
+    with gr.Row():
+        intact_answer = gr.Textbox(label="Intact model", lines=10, interactive=False)
+        ablated_answer = gr.Textbox(label="Ablated model", lines=10, interactive=False)
+    with gr.Row():
+        intact_badge = gr.HTML(badge_html(None, "intact"))
+        ablated_badge = gr.HTML(badge_html(None, "ablated"))
     export = gr.DownloadButton("Download this run (JSON)", size="sm")

@@ -7,6 +7,7 @@ import gradio as gr
 from ..ablation import DEFAULT_EPS
 from ..head_options import PROMPT_SET_LABELS, suggestion
 from ..model_cache import initial_model
+from ..runtime import DEFAULT_CPU_RUNTIME, RUNTIMES
 
 # The first view shows the heads suggested for the model the page opens on (head_controls selects them).
 FIRST = suggestion(initial_model())
@@ -36,3 +37,8 @@ with gr.Blocks() as block:
     with gr.Accordion("Advanced", open=False):
         eps = gr.Number(DEFAULT_EPS, label="ε (ablation scale, in (0, 1])")
         seed = gr.Number(0, precision=0, label="Seed (top-k sampling, random-head control)")
+        runtime = gr.Dropdown(
+            [(f"{r.name}: {r.description}", r.name) for r in RUNTIMES.values()],
+            value=DEFAULT_CPU_RUNTIME,
+            label="Runtime (embedded models on the CPU; a model with an adapter runs in float32)",
+        )

@@ -42,7 +42,9 @@ if not CATALOG[MODEL].present():
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
+def url(tmp_path_factory, qwen):
+    """The app on the default model; `qwen` (the session's copy) has built the runtime's cache, so the app's
+    own load is a warm start, as on every start after a machine's first."""
     env = {"SAFETY_HEADS_APP_MODEL": MODEL, "SAFETY_HEADS_PRECOMPUTED": str(PRECOMPUTED_DIR)}
     with app_server(tmp_path_factory.mktemp("browser"), **env) as url:
         yield url
@@ -91,6 +93,8 @@ def test_the_first_minute_in_the_browser(page, tmp_path):
     print(f"\nfirst minute on {MODEL}: ready {ready:.1f} s after the page opened; harmful example: first streamed "
           f"text {first:.1f} s, the whole pair {pair:.1f} s")  # fmt: skip
     assert badges == ["refusal", "compliance"], (badges, page.get_by_label("Ablated model").input_value())
+    tops = [page.get_by_label(f"{side} model").bounding_box()["y"] for side in ("Intact", "Ablated")]
+    assert abs(tops[0] - tops[1]) < 1, f"the answer panes sit at different heights: {tops}"
     shot = tmp_path / "screenshot.png"
     page.screenshot(path=str(shot), full_page=True)
 
