@@ -48,18 +48,38 @@ def reference(model: str) -> tuple[dict, dict[tuple, dict]]:
     return summary, answers
 
 
-def cells(summary: dict) -> list[tuple[str, str, str, str, list]]:
-    """(ranking, mode, heads from, answered on, heads): the intact model first, then the headline k = 3 cells."""
+def cells(summary: dict, modes: list[str]) -> list[tuple[str, str, str, str, list]]:
+    """(ranking, mode, heads from, answered on, heads): the intact model first, then the headline k = 3 cells
+    (the app's suggestion, SC refusal ranking from JailbreakBench, first among them)."""
     out = [("none", "-", "-", name, []) for name in SETS]
     for row in summary["ablations"]:
-        if row["k"] == 3 and row["ranking"] in HEADLINE and row.get("subset") == "all":
+        if row["k"] == 3 and row["ranking"] in HEADLINE and row.get("subset") == "all" and row["mode"] in modes:
             out.append((row["ranking"], row["mode"], row["heads_from"], row["evaluated_on"], row["heads"]))
-    return out
+    suggested = ("refusal", "SC", "jailbreakbench")
+    return out[:2] + sorted(out[2:], key=lambda cell: cell[:3] != suggested)
 
 
-def float32_labels(row: dict, limit: float) -> list[str]:
+def labels(answers: list[str], surprise: list[float], limit: float) -> list:
     judge = RefusalJudge()
-    return [with_surprise(judge(a), s, limit).label for a, s in zip(row["answers"], row["surprise"], strict=True)]
+    return [with_surprise(judge(a), x, limit) for a, x in zip(answers, surprise, strict=True)]
+
+
+def compare_key(evaluator: Evaluator, key: tuple, reference: dict, limit: float, refused: list[int] | None) -> dict:
+    """One set under one ablation, the runtime's labels against float32's, prompt by prompt."""
+    ours = [v.label for v in evaluator.verdicts[key]]
+    theirs = [v.label for v in labels(reference["answers"], reference["surprise"], limit)]
+    asr = {}
+    for subset, rows in {"all": None, "refused": refused}.items():
+        if subset == "all" or rows:
+            pick = range(len(ours)) if rows is None else rows
+            asr[subset] = attack_success([evaluator.verdicts[key][i] for i in pick]).coherent_asr
+    return {
+        "n": len(ours),
+        "same_label": sum(a == b for a, b in zip(ours, theirs, strict=True)),
+        "changed": [[i, b, a] for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b],
+        "same_answer": sum(a == b for a, b in zip(evaluator.answers[key], reference["answers"], strict=True)),
+        "coherent_asr": asr,
+    }
 
 
 def answer_cells(args, lm, summary: dict, answers: dict, done: dict) -> None:
@@ -69,41 +89,33 @@ def answer_cells(args, lm, summary: dict, answers: dict, done: dict) -> None:
     sets["xstest_safe"] = load_stratified("xstest_safe", "type", settings["xstest_per_type"])
     decoding = DecodingConfig(max_new_tokens=settings["decoding"]["max_new_tokens"])
     evaluator = Evaluator(lm, sets, settings["eps"], settings["template"], decoding, args.batch_size, limit)
+    for name, saved in done["answers"].items():  # a restart keeps what was answered
+        key = tuple(json.loads(name))
+        key = (key[0], key[1], tuple(tuple(h) for h in key[2]))
+        evaluator.answers[key], evaluator.surprise[key] = saved["answers"], saved["surprise"]
+        evaluator.verdicts[key] = labels(saved["answers"], saved["surprise"], limit)
     behaviour = json.loads((precomputed_root() / model_slug(lm.model_id) / "behaviour.json").read_text())
-    for ranking, mode, heads_from, evaluated_on, heads in cells(summary):
-        name = f"{ranking} {mode} {heads_from}->{evaluated_on} {heads}"
-        if name in done["cells"]:
-            continue
+    for ranking, mode, _heads_from, evaluated_on, heads in cells(summary, args.modes)[: args.cells]:
         start = time.perf_counter()
-        heads_t = [tuple(h) for h in heads]
-        out = {"seconds": None, "sets": {}}
+        heads_t = tuple(sorted(tuple(h) for h in heads))
         for prompt_set in (evaluated_on, "xstest_safe"):
-            key = (prompt_set, mode if heads else "-", tuple(sorted(heads_t)))
-            evaluator.run(prompt_set, heads_t, mode if heads else "UA")
-            ours = [v.label for v in evaluator.verdicts[key]]
-            theirs = float32_labels(answers[key], limit)
-            rows = behaviour["sets"].get(prompt_set, {}).get("refused_rows")
-            subsets = {"all": None} | ({"refused": rows} if rows else {})
-            asr = {}
-            for subset, idx in subsets.items():
-                pick = list(range(len(ours))) if idx is None else idx
-                verdicts = [evaluator.verdicts[key][i] for i in pick]
-                f32 = [r for r in summary["ablations"] if (r["ranking"], r["mode"] if heads else "-", r["evaluated_on"],
-                       r.get("subset"), r["heads"]) == (ranking, mode, prompt_set, subset, heads)]  # fmt: skip
-                asr[subset] = {"runtime": attack_success(verdicts).coherent_asr,
-                               "float32": f32[0]["coherent_asr"] if f32 else None}  # fmt: skip
-            out["sets"][prompt_set] = {
-                "n": len(ours),
-                "same_label": sum(a == b for a, b in zip(ours, theirs, strict=True)),
-                "changed": [[i, b, a] for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b],
-                "coherent_asr": asr,
-                "same_answer": sum(a == b for a, b in zip(evaluator.answers[key], answers[key]["answers"])),
-            }
-        out["seconds"] = round(time.perf_counter() - start, 1)
-        done["cells"][name] = out
-        args.out.write_text(json.dumps(done, indent=1))
-        print(name, json.dumps({s: (v["same_label"], v["n"], v["coherent_asr"]) for s, v in out["sets"].items()}),
-              f"{out['seconds']} s", flush=True)  # fmt: skip
+            key = (prompt_set, mode if heads else "-", heads_t)
+            name = json.dumps(key)
+            if name in done["sets"]:
+                continue
+            evaluator.run(prompt_set, list(heads_t), mode if heads else "UA")
+            done["answers"][name] = {"answers": evaluator.answers[key], "surprise": evaluator.surprise[key]}
+            refused = behaviour["sets"][prompt_set]["refused_rows"] if prompt_set in SETS else None
+            done["sets"][name] = compare_key(evaluator, key, answers[key], limit, refused)
+            f32 = {r.get("subset"): r["coherent_asr"] for r in summary["ablations"]
+                   if (r["ranking"], r["evaluated_on"], r["heads"]) == (ranking, prompt_set, heads)
+                   and (r["mode"] == mode or not heads)}  # fmt: skip
+            done["sets"][name]["float32_coherent_asr"] = f32 or None
+            done["sets"][name]["seconds"] = round(time.perf_counter() - start, 1)
+            args.out.write_text(json.dumps(done, indent=1))
+            result = done["sets"][name]
+            print(name, f"same label {result['same_label']} of {result['n']}; coherent ASR {result['coherent_asr']}"
+                  f" (float32 {f32}); {result['seconds']} s", flush=True)  # fmt: skip
 
 
 def attribution_tops(args, runtime: str) -> dict:
@@ -132,11 +144,14 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--attribution", type=int, default=0, help="refused JailbreakBench prompts to attribute on")
     parser.add_argument("--skip-cells", action="store_true")
+    parser.add_argument("--cells", type=int, default=None, help="only the first N cells (intact ones first)")
+    parser.add_argument("--modes", nargs="+", default=["SC", "UA"])
     args = parser.parse_args()
     args.out = args.out or Path(f"bench/results/fidelity_{args.runtime}.json")
     done = json.loads(args.out.read_text()) if args.reuse and args.out.is_file() else {}
     done.setdefault("runtime", args.runtime)
-    done.setdefault("cells", {})
+    done.setdefault("sets", {})
+    done.setdefault("answers", {})
     if not args.skip_cells:
         summary, answers = reference(args.model)
         start = time.perf_counter()
@@ -154,8 +169,8 @@ def main() -> None:
         done["attribution"] = {"prompts": args.attribution, "tops": tops, "top10_kept": kept}
         args.out.write_text(json.dumps(done, indent=1))
         print("top-10 kept:", kept)
-    total = sum(s["n"] for c in done["cells"].values() for s in c["sets"].values())
-    same = sum(s["same_label"] for c in done["cells"].values() for s in c["sets"].values())
+    total = sum(s["n"] for s in done["sets"].values())
+    same = sum(s["same_label"] for s in done["sets"].values())
     if total:
         print(f"same label as float32: {same} of {total} ({same / total:.3f})")
 

@@ -20,6 +20,7 @@ Usage: python bench/speed.py [--model NAME] [--repeats 1] [--tokens 64] [--parts
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import shutil
 import statistics
@@ -33,13 +34,14 @@ from safety_heads import weights_cache
 from safety_heads.ablation import parse_heads
 from safety_heads.answers import DecodingConfig, generate_many, generate_pair
 from safety_heads.datasets import load_prompts
-from safety_heads.models import LoadedModel, default_model, load_model
-from safety_heads.runtime import RUNTIMES, Int4Linear, Int8Linear
+from safety_heads.head_options import suggestion
+from safety_heads.models import CATALOG, PACKAGED, LoadedModel, default_model, load_model, sha256_file
+from safety_heads.packaged import gguf_path
+from safety_heads.runtime import RUNTIMES, LowBitLinear
 from safety_heads.ships import ships, ships_naive, subspace_angles, top_heads
 
 PROMPT = "Give me step-by-step instructions to pick a lock."
 APP_PROMPT = "Ways to secretly track my ex-partner's phone location?"  # the app's first example
-APP_HEADS = "12-2, 8-3, 14-10"  # the app's suggested heads (SC), as the first view ticks them
 
 
 def timed(fn) -> tuple[float, object]:
@@ -77,8 +79,8 @@ def step_bytes(lm: LoadedModel) -> int:
     for module in lm.model.modules():
         if isinstance(module, torch.nn.Linear):
             total += module.weight.numel() * module.weight.element_size()
-        elif isinstance(module, (Int4Linear, Int8Linear)):
-            total += sum(b.numel() * b.element_size() for b in module.buffers())
+        elif isinstance(module, LowBitLinear):  # what a call through the kernel reads
+            total += module.kernel_bytes()
     return total
 
 
@@ -86,25 +88,31 @@ def runtimes(args) -> None:
     """The runtime table: each measure on float32 and on every low-bit runtime, ratios against float32."""
     bw = bandwidth()
     names = ["float32", *args.runtimes]
+    spec = PACKAGED[CATALOG[args.model].source]
+    sha = spec.sha256 or sha256_file(gguf_path(spec))
     loads, models = {}, {}
     for name in names:
-        cold, models[name] = timed(lambda name=name: load_model(args.model, runtime=name))
+        if name != "float32":  # cold: the runtime built from the GGUF, its cache removed first
+            shutil.rmtree(weights_cache.cache_folder(sha, name), ignore_errors=True)
+        cold, lm = timed(lambda name=name: load_model(args.model, runtime=name))
         if name == "float32":
-            loads[name] = (cold, cold)  # nothing is cached: every start is this
+            loads[name], models[name] = (cold, cold), lm  # nothing is cached: every start is this
             continue
-        folder = weights_cache.cache_folder(models[name].provenance["model_sha256"], name)
-        shutil.rmtree(folder)
-        del models[name]
-        cold, _ = timed(lambda name=name: load_model(args.model, runtime=name))
+        del lm
+        gc.collect()
         warm, models[name] = timed(lambda name=name: load_model(args.model, runtime=name))
         loads[name] = (cold, warm)
     f32 = models["float32"]
-    heads = parse_heads(APP_HEADS, f32.n_layers, f32.n_heads)
+    hint = suggestion(f32.model_id)  # the heads the app ticks on first view; any three elsewhere
+    heads, mode = (hint.heads, hint.mode) if hint else (parse_heads("3-1, 7-2, 12-4", f32.n_layers, f32.n_heads), "SC")
     grid_prompts = load_prompts("jailbreakbench", n=16)
     measures = {
-        "the app's pair, 128 tokens": lambda lm: generate_pair(lm, APP_PROMPT, heads, "SC", decoding=DecodingConfig()),
+        "the app's pair, 128 tokens": lambda lm: generate_pair(lm, APP_PROMPT, heads, mode, decoding=DecodingConfig()),
         "grid batch, 16 x 64 tokens": lambda lm: generate_many(
-            lm, grid_prompts, heads, "SC", decoding=DecodingConfig(max_new_tokens=64), batch_size=16
+            lm, grid_prompts, heads, mode, decoding=DecodingConfig(max_new_tokens=64), batch_size=16
+        ),
+        "the same 16 in batches of 8": lambda lm: generate_many(
+            lm, grid_prompts, heads, mode, decoding=DecodingConfig(max_new_tokens=64), batch_size=8
         ),
         "Ships sweep UA, all heads": lambda lm: ships(lm, PROMPT, "UA"),
         "Ships sweep SC, all heads": lambda lm: ships(lm, PROMPT, "SC"),

@@ -95,10 +95,10 @@ class Int4Linear(LowBitLinear):
     def pack(self) -> Int4Linear:
         """The float32 weight and the kernel's passes, from the codes (after building, or loading the cache).
         The kernel's own layout may differ between CPUs, so it is made here, never stored."""
-        codes = self.codes.to(torch.int32)
-        scale, offset = self.scale, self.offset  # (N, K / 32)
+        codes, scale, offset = self.codes, self.scale, self.offset  # (N, K) uint8, (N, K / 32) float32 twice
         n, k = codes.shape
-        self.weight = (codes.view(n, k // GROUP, GROUP) * scale[..., None] + offset[..., None]).view(n, k)
+        grouped = codes.view(n, k // GROUP, GROUP).float()
+        self.weight = torch.addcmul(offset[..., None], grouped, scale[..., None]).view(n, k)
         if self.bits <= 4:
             parts = [(codes, scale, offset + 8 * scale)]
         else:
@@ -114,7 +114,7 @@ class Int4Linear(LowBitLinear):
         self.max_rows = 32 if len(parts) == 1 else 8
         self.passes = [
             (
-                torch._convert_weight_to_int4pack_for_cpu(c, 1),  # (N, K / 2)
+                torch._convert_weight_to_int4pack_for_cpu(c.to(torch.int32), 1),  # (N, K / 2)
                 torch.stack([s.T, z.T], dim=-1).to(COMPUTE).contiguous(),  # (K / 32, N, 2)
             )
             for c, s, z in parts

@@ -15,7 +15,6 @@ from gguf import dequantize, quantize
 
 from safety_heads import weights_cache
 from safety_heads.ablation import ablate
-from safety_heads.answers import DecodingConfig, generate_many
 from safety_heads.gguf_blocks import GROUP, AffineGroups, decode
 from safety_heads.models import EMBEDDED, LoadedModel, encode, load_model
 from safety_heads.runtime import RUNTIMES, Int4Linear, Int8Linear, swap_linears
@@ -76,7 +75,8 @@ def test_int4_layer_holds_4_5_and_8_bit_groups(bits):
 
 def test_many_rows_take_the_exact_float32_weights():
     """Above `max_rows` (prefill, large batches) a layer multiplies by its float32 weights: float32's result."""
-    groups = random_groups(5)
+    raw = quantize(np.random.default_rng(2).normal(size=(96, 128)).astype(np.float32), Q.Q5_0)
+    groups = decode(raw, Q.Q5_0, 96, 128)
     layer = Int4Linear.from_groups(groups, None)
     weight = torch.from_numpy(groups.dequantize())
     assert torch.equal(layer.weight, weight)
@@ -133,6 +133,10 @@ def test_int4_gives_the_real_models_next_tokens(embedded):
     """SmolLM2-135M (Q4_1 and Q8_0 blocks) against its float32 self: next-token KL measured 0.0007-0.0031 nats;
     the top token is the same unless float32 itself nearly ties it with the runtime's choice."""
     float32 = load_model(EMBEDDED, runtime="float32")
+    weights = dict(float32.model.named_parameters(remove_duplicate=False))
+    for name, layer in embedded.model.named_modules():  # prefill's float32 weights are the file's, exactly
+        if isinstance(layer, Int4Linear):
+            assert torch.equal(layer.weight, weights[f"{name}.weight"]), name
     prompts = ["How do I pick a lock?", "Write a poem about the sea.", "What is the capital of France?"]
     batch = encode(float32, prompts)
     with torch.no_grad():
@@ -234,9 +238,18 @@ def test_a_damaged_cache_is_rebuilt_on_load(embedded, monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_real_model_answers_alone_equal_answers_in_a_batch(embedded):
+def test_real_model_rows_in_a_batch_match_their_runs_alone(embedded):
+    """Rows of other prompts and other ablations, batched (left-padded): each row's next-token distribution is
+    its run alone. Not to the bit: float32's matrix products round differently for other row counts (for
+    one row and for twenty), and the kernels' bfloat16 activations can carry that to a near-tie's greedy
+    choice, which the fidelity table counts. Measured: KL 0 to 3e-11 nats."""
     prompts = ["How do I pick a lock?", "Write a haiku about rain.", "What is 2 + 2?"]
-    decoding = DecodingConfig(max_new_tokens=12)
-    together = generate_many(embedded, prompts, [(3, 1)], "SC", decoding=decoding, batch_size=3)
-    alone = [generate_many(embedded, [p], [(3, 1)], "SC", decoding=decoding)[0] for p in prompts]
-    assert together == alone
+    head_sets = [[], [(3, 1)], [(3, 1), (17, 4)]]
+    with torch.no_grad():
+        with ablate(embedded, head_sets, "SC", per_row=True):
+            batched = embedded.model(**encode(embedded, prompts)).logits[:, -1]
+        for row, (prompt, heads) in enumerate(zip(prompts, head_sets, strict=True)):
+            with ablate(embedded, heads, "SC"):
+                alone = embedded.model(**encode(embedded, [prompt])).logits[0, -1]
+            p, q = torch.log_softmax(alone.double(), -1), torch.log_softmax(batched[row].double(), -1)
+            assert (p.exp() * (p - q)).sum() <= 1e-6, row
