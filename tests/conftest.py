@@ -20,6 +20,13 @@ def embedded() -> LoadedModel:
 
 
 @pytest.fixture(scope="session")
+def embedded_float32() -> LoadedModel:
+    """SmolLM2-135M dequantized to float32: for what only float32's arithmetic promises (answers equal to the
+    bit across batch shapes), and as the reference of the low-bit runtimes."""
+    return load_model(EMBEDDED, runtime="float32")
+
+
+@pytest.fixture(scope="session")
 def qwen() -> LoadedModel:
     return load_model(QWEN_05B)
 

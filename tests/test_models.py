@@ -60,12 +60,14 @@ def test_kv_cache_generation_matches_full_recomputation(embedded):
 
 
 @pytest.mark.slow
-def test_batched_rows_equal_single_runs(embedded):
-    """Left padding and per-row ablations: answers in one batch equal the same requests run alone."""
+def test_batched_rows_equal_single_runs(embedded_float32):
+    """Left padding and per-row ablations: answers in one batch equal the same requests run alone. In float32:
+    the low-bit kernels' bfloat16 activations can turn a near-tie another way for another batch shape
+    (tests/test_runtime.py checks the distributions there; the fidelity table counts the labels)."""
     prompts = ["Name a fruit.", "Write one sentence about the sea and the sky."]
     decoding = DecodingConfig(max_new_tokens=10)
-    together = generate_many(embedded, prompts, [(7, 2)], "UA", decoding=decoding)
-    alone = [generate_many(embedded, [p], [(7, 2)], "UA", decoding=decoding)[0] for p in prompts]
+    together = generate_many(embedded_float32, prompts, [(7, 2)], "UA", decoding=decoding)
+    alone = [generate_many(embedded_float32, [p], [(7, 2)], "UA", decoding=decoding)[0] for p in prompts]
     assert together == alone
 
 

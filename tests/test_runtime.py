@@ -129,10 +129,10 @@ def test_int4_model_gives_the_float32_logits(tiny_pair):
 
 
 @pytest.mark.slow
-def test_int4_gives_the_real_models_next_tokens(embedded):
+def test_int4_gives_the_real_models_next_tokens(embedded, embedded_float32):
     """SmolLM2-135M (Q4_1 and Q8_0 blocks) against its float32 self: next-token KL measured 0.0007-0.0031 nats;
     the top token is the same unless float32 itself nearly ties it with the runtime's choice."""
-    float32 = load_model(EMBEDDED, runtime="float32")
+    float32 = embedded_float32
     weights = dict(float32.model.named_parameters(remove_duplicate=False))
     for name, layer in embedded.model.named_modules():  # prefill's float32 weights are the file's, exactly
         if isinstance(layer, Int4Linear):
