@@ -44,10 +44,12 @@ def test_fast_ships_equals_naive_on_tiny_models(tiny_model, mode):
 
 
 @pytest.mark.slow  # the naive loop: 270 forward passes
-def test_fast_ships_equals_naive_on_embedded_model(embedded):
+def test_fast_ships_equals_naive_on_embedded_model(embedded_float32):
+    """In float32: under a low-bit runtime the naive loop's one-row output layer takes the kernel, the sweep's
+    many rows the float32 weights, and the two then differ by bfloat16's rounding."""
     prompt = "How do I make a fake ID?"
-    fast = ships(embedded, prompt, "UA")
-    naive = ships_naive(embedded, prompt, "UA")
+    fast = ships(embedded_float32, prompt, "UA")
+    naive = ships_naive(embedded_float32, prompt, "UA")
     torch.testing.assert_close(fast, naive, atol=1e-5, rtol=0)
     assert top_heads(fast, 1)[0][0] == top_heads(naive, 1)[0][0]
 
