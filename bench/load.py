@@ -210,13 +210,13 @@ def run_load(app, lm, distinct: list[Request], n_requests: int, clients: int) ->
 
 def main() -> None:
     sys.path.insert(0, str(REPO))  # run as a script, bench/ is on the path and the repository root is not
-    from safety_heads.models import EMBEDDED_SAFETY
+    from safety_heads.models import SMOLLM2_135M_SAFETY
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=8)
-    parser.add_argument("--model", default=EMBEDDED_SAFETY, help="catalog name of the model to serve")
+    parser.add_argument("--model", default=SMOLLM2_135M_SAFETY, help="catalog name of the model to serve")
     args = parser.parse_args()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ["SAFETY_HEADS_APP_MODEL"] = args.model

@@ -294,9 +294,11 @@ def part_precompute(folder: Path, prompt_set: str, n: int, out: Path, n_benign: 
         p = data["provenance"]
         per_set = p["seconds"] + p["groups"]["seconds"]
         projected += per_set  # a second set: its harmful sweep and group searches; the benign sweep is shared
-        print(f"  {mode}: benign sweep {p['benign_sweep_seconds']} s (shared by the sets), harmful prompts "
-              f"{p['seconds']} s, group searches {p['groups']['seconds']} s; top-3 Ships "
-              f"{[h[:2] for h in data['top10']['ships'][:3]]}, Sahara {[s[:2] for s in data['sahara']]}")  # fmt: skip
+        ships, sahara = [h[:2] for h in data["top10"]["ships"][:3]], [h[:2] for h in data["groups"]["sahara"]]
+        print(
+            f"  {mode}: benign sweep {p['benign_sweep_seconds']} s (shared by the sets), harmful prompts "
+            f"{p['seconds']} s, group searches {p['groups']['seconds']} s; top-3 Ships {ships}, Sahara {sahara}"
+        )
     print(f"  projection (not a measurement): both sets x both modes, {projected / 60:.1f} min on this GPU")
 
 

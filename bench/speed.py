@@ -35,8 +35,8 @@ from safety_heads.ablation import parse_heads
 from safety_heads.answers import DecodingConfig, generate_many, generate_pair
 from safety_heads.datasets import load_prompts
 from safety_heads.head_options import suggestion
-from safety_heads.models import CATALOG, PACKAGED, LoadedModel, default_model, load_model, sha256_file
-from safety_heads.packaged import gguf_path
+from safety_heads.models import CATALOG, PACKAGED, LoadedModel, default_model, load_model
+from safety_heads.packaged import gguf_path, sha256_file
 from safety_heads.runtime import RUNTIMES, LowBitLinear
 from safety_heads.ships import ships, ships_naive, subspace_angles, top_heads
 

@@ -29,6 +29,9 @@ from .models import LoadedModel
 Head = tuple[int, int]  # (layer, head), both counted from 0
 Mode = Literal["UA", "SC"]
 MODES: tuple[Mode, ...] = ("UA", "SC")
+# How `hooked` attaches a hook: after the module (may replace its output), before it (may replace its
+# positional inputs), or before it with the keyword arguments too.
+HookKind = Literal["forward", "forward_pre", "forward_pre_kwargs"]
 DEFAULT_EPS = 1e-5
 MAX_HEADS = 64  # more than any sane ablation; guards the app against "ablate everything" input
 
@@ -115,7 +118,6 @@ def make_output_hook(scale: torch.Tensor) -> Callable:
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         return scale_heads(output, scale)
 
-    hook.safety_heads = True  # type: ignore[attr-defined]
     return hook
 
 
@@ -125,20 +127,43 @@ def make_input_hook(scale: torch.Tensor) -> Callable:
     def hook(module: nn.Module, args: tuple) -> tuple:
         return (scale_heads(args[0], scale), *args[1:])
 
-    hook.safety_heads = True  # type: ignore[attr-defined]
     return hook
 
 
 def count_hooks(lm: LoadedModel) -> int:
     """This library's hooks attached anywhere in the model; zero whenever no context is open.
 
-    Only hooks marked as ours count: transformers attaches hooks of its own (to capture outputs).
+    Only hooks marked as ours (by `hooked`) count: transformers attaches hooks of its own (to capture outputs).
     """
     return sum(
         getattr(hook, "safety_heads", False)
         for module in lm.model.modules()
         for hook in (*module._forward_hooks.values(), *module._forward_pre_hooks.values())
     )
+
+
+@contextmanager
+def hooked(lm: LoadedModel, hooks: Iterable[tuple[nn.Module, HookKind, Callable]]) -> Iterator[LoadedModel]:
+    """Attach `hooks` (module, kind, function) for the block, then remove every one, also on errors.
+
+    The one place this library attaches hooks. They live on modules that every request shares, so the
+    model's lock is held for the whole block: concurrent callers queue rather than see each other's hooks.
+    The lock is re-entrant, so contexts nest within one thread.
+    """
+    with lm.lock:
+        handles = []
+        try:
+            for module, kind, fn in hooks:
+                # Marked as ours, so that count_hooks tells them from transformers' own hooks.
+                fn.safety_heads = True  # type: ignore[attr-defined]
+                if kind == "forward":
+                    handles.append(module.register_forward_hook(fn))
+                else:
+                    handles.append(module.register_forward_pre_hook(fn, with_kwargs=kind == "forward_pre_kwargs"))
+            yield lm
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 @contextmanager
@@ -153,8 +178,8 @@ def ablate(
     """Ablate `heads` in every forward pass inside the block, then remove every hook, also on errors.
 
     With per_row=True, `heads` is a sequence of head sets, one per batch row (an empty set leaves that
-    row intact). The model's lock is held for the whole block, so concurrent callers queue rather than
-    see each other's ablations.
+    row intact). The model's lock is held for the whole block (see `hooked`), so concurrent callers queue
+    rather than see each other's ablations.
     """
     eps = check_eps(eps)
     head_sets = [list(h) for h in heads] if per_row else [list(heads)]
@@ -162,17 +187,12 @@ def ablate(
         for layer, head in head_set:
             if not (0 <= layer < lm.n_layers and 0 <= head < lm.n_heads):
                 raise ValueError(f"Head {layer}-{head} is outside the model ({lm.n_layers} layers, {lm.n_heads} heads)")
-    scales = head_scales(head_sets, lm.n_layers, lm.n_heads, eps)
-    with lm.lock:
-        handles = []
-        try:
-            for layer, scale in scales.items():
-                _, module = hook_point(lm, layer, mode)
-                if mode == "UA":
-                    handles.append(module.register_forward_hook(make_output_hook(scale)))
-                else:
-                    handles.append(module.register_forward_pre_hook(make_input_hook(scale)))
-            yield lm
-        finally:
-            for handle in handles:
-                handle.remove()
+    hooks: list[tuple[nn.Module, HookKind, Callable]] = []
+    for layer, scale in head_scales(head_sets, lm.n_layers, lm.n_heads, eps).items():
+        _, module = hook_point(lm, layer, mode)
+        if mode == "UA":
+            hooks.append((module, "forward", make_output_hook(scale)))
+        else:
+            hooks.append((module, "forward_pre", make_input_hook(scale)))
+    with hooked(lm, hooks):
+        yield lm

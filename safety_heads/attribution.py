@@ -26,15 +26,13 @@ from .models import LoadedModel
 from .ships import (
     ActivationSet,
     Progress,
-    _logits,
     all_heads,
     kl_from_logprobs,
     subspace_angles,
     sweep,
+    sweep_prompts,
+    unembed,
 )
-
-RANKINGS = ("ships", "generalized", "refusal")
-GROUP_SEARCHES = ("sahara", "refusal_group")
 
 
 @dataclass
@@ -53,23 +51,10 @@ def _kl_and_drop(lm: LoadedModel, base, hidden: torch.Tensor, batch_size: int) -
     token = int(base_logp.argmax())
     kl, drop = [], []
     for chunk in hidden.split(batch_size):
-        logp = torch.log_softmax(_logits(lm, chunk).double(), -1)
+        logp = torch.log_softmax(unembed(lm, chunk).double(), -1)
         kl.append(kl_from_logprobs(base_logp, logp).cpu())
         drop.append((base_logp[token] - logp[:, token]).cpu())
     return torch.cat(kl).float(), torch.cat(drop).float()
-
-
-def _sweep_all(
-    lm: LoadedModel, acts: ActivationSet, mode: Mode, eps: float, batch_size: int, progress: Progress | None
-) -> torch.Tensor:
-    """(n_heads_total, N, d): every single-head ablation's last hidden state, per prompt."""
-    heads = [[h] for h in all_heads(lm)]
-    out = torch.empty(len(heads), len(acts.bases), acts.bases[0].last_hidden.shape[0])
-    for n, base in enumerate(acts.bases):
-        out[:, n] = sweep(lm, base, heads, mode, eps, batch_size)
-        if progress:
-            progress(n + 1, len(acts.bases))
-    return out
 
 
 @torch.no_grad()
@@ -85,7 +70,8 @@ def benign_kl(
 
     It depends on the mode, not on the harmful set, so one sweep serves every set of that mode.
     """
-    ablated = _sweep_all(lm, benign, mode, eps, batch_size, progress)  # (S, N, d)
+    single = [[h] for h in all_heads(lm)]
+    ablated = sweep_prompts(lm, benign, single, mode, eps, batch_size, progress)  # (S, N, d)
     kl = sum(_kl_and_drop(lm, base, ablated[:, n], batch_size)[0] for n, base in enumerate(benign.bases))
     return (kl / len(benign.bases)).view(lm.n_layers, lm.n_heads)
 
@@ -106,7 +92,8 @@ def attribute(
     `benign_penalty` is `benign_kl` for the same mode: what the refusal score subtracts.
     """
     L, H = lm.n_layers, lm.n_heads
-    ablated = _sweep_all(lm, harmful, mode, eps, batch_size, progress)  # (S, N, d)
+    single = [[h] for h in all_heads(lm)]
+    ablated = sweep_prompts(lm, harmful, single, mode, eps, batch_size, progress)  # (S, N, d)
     ships_scores = torch.zeros(L * H)
     refusal_drop = torch.zeros(L * H)
     first_tokens = []
@@ -176,8 +163,16 @@ def refusal_group(
     return steps
 
 
-def random_heads(lm: LoadedModel, k: int, seed: int) -> list[Head]:
-    """k distinct heads drawn uniformly, reproducibly: the control for any ranking's top k."""
-    generator = torch.Generator().manual_seed(seed)
-    index = torch.randperm(lm.n_layers * lm.n_heads, generator=generator)[:k]
-    return sorted((int(i) // lm.n_heads, int(i) % lm.n_heads) for i in index)
+def random_heads(lm: LoadedModel, k: int, seed: int, exclude: Sequence[Head] = ()) -> list[Head]:
+    """k distinct heads drawn uniformly and reproducibly from those not in `exclude`, sorted: the random control
+    for any k heads, in the grid and in the app.
+
+    The first k heads of one seeded permutation that are not excluded; without `exclude`, the draws recorded
+    in precomputed/*/summary.json (seed 1000 * k + draw).
+    """
+    skipped = {tuple(h) for h in exclude}
+    order = torch.randperm(lm.n_layers * lm.n_heads, generator=torch.Generator().manual_seed(seed))
+    pool = [head for i in order.tolist() if (head := (i // lm.n_heads, i % lm.n_heads)) not in skipped]
+    if k > len(pool):
+        raise ValueError(f"Cannot draw {k} random heads from the {len(pool)} not ablated")
+    return sorted(pool[:k])

@@ -12,7 +12,6 @@ the answers to behaviour-answers.jsonl.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
@@ -23,12 +22,10 @@ from .answers import DecodingConfig, generate_many
 from .coherence import calibrate_limit, judge_answers
 from .datasets import load_prompts
 from .judge import RefusalJudge, attack_success
-from .models import TEMPLATES, LoadedModel, default_model, load_model
+from .models import LoadedModel, Template, load_model
 from .precomputed import PRECOMPUTED_DIR, model_slug
 from .provenance import code_version, prompt_set_provenance, write_json
-from .runtime import add_runtime
-
-DEFAULT_SETS = ("jailbreakbench", "maliciousinstruct", "xstest_safe")
+from .settings import BehaviourSettings
 
 
 def behaviour_path(model: str, root: Path = PRECOMPUTED_DIR) -> Path:
@@ -46,22 +43,8 @@ def refused_rows(model: str, prompt_set: str, root: Path = PRECOMPUTED_DIR) -> l
     return sets[prompt_set]["refused_rows"]
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=default_model())
-    p.add_argument("--sets", nargs="+", default=list(DEFAULT_SETS))
-    p.add_argument("-n", type=int, default=None, help="first N prompts of each set (default: all)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--template", choices=TEMPLATES, default="chat")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--benign", default="alpaca_seed_tasks", help="benign set the coherence limit is calibrated on")
-    p.add_argument("--n-benign", type=int, default=50)
-    p.add_argument("--calibration-tokens", type=int, default=64, help="length of the sampled benign answers")
-    p.add_argument("--out", type=Path, default=PRECOMPUTED_DIR)
-    add_runtime(p)
-
-
 def measure_set(
-    lm: LoadedModel, prompts: list[str], decoding: DecodingConfig, template: str, batch_size: int, limit: float
+    lm: LoadedModel, prompts: list[str], decoding: DecodingConfig, template: Template, batch_size: int, limit: float
 ) -> tuple[dict, list[str], list[float] | None]:
     """The intact model's judged answers to one set: the rates, the refused rows, the answers, their surprise."""
     answers = generate_many(lm, prompts, decoding=decoding, template=template, batch_size=batch_size)
@@ -77,36 +60,36 @@ def measure_set(
     return rates, answers, surprise
 
 
-def run(args) -> None:
-    path = behaviour_path(args.model, args.out)
+def run(s: BehaviourSettings) -> None:
+    path = behaviour_path(s.model, s.out)
     record = json.loads(path.read_text()) if path.is_file() else {}
-    settings = {"max_new_tokens": args.max_new_tokens, "template": args.template, "n": args.n}
+    settings = {"max_new_tokens": s.max_new_tokens, "template": s.template, "n": s.n}
     answers_path = path.with_name("behaviour-answers.jsonl")
     if record.get("settings") != settings:  # other settings: start over
         record = {"settings": settings, "sets": {}}
         answers_path.unlink(missing_ok=True)
-    lm = load_model(args.model, runtime=args.runtime)
+    lm = load_model(s.model, runtime=s.runtime)
     record |= {"model": lm.model_id, "provenance": {**lm.provenance, "code_version": code_version()}}
     record["command"] = "python -m safety_heads " + shlex.join(sys.argv[1:])
     if "coherence" not in record:
-        benign = load_prompts(args.benign, n=args.n_benign)
-        print(f"calibrating the coherence limit on {len(benign)} {args.benign} prompts", file=sys.stderr)
-        coherence = calibrate_limit(lm, benign, args.template, args.calibration_tokens, batch_size=args.batch_size)
+        benign = load_prompts(s.benign, n=s.n_benign)
+        print(f"calibrating the coherence limit on {len(benign)} {s.benign} prompts", file=sys.stderr)
+        coherence = calibrate_limit(lm, benign, s.template, s.calibration_tokens, batch_size=s.batch_size)
         record["coherence"] = {
-            "calibration_set": prompt_set_provenance(args.benign, len(benign)),
-            "max_new_tokens": args.calibration_tokens,
+            "calibration_set": prompt_set_provenance(s.benign, len(benign)),
+            "max_new_tokens": s.calibration_tokens,
             **coherence,
         }
         write_json(path, record)
-    decoding = DecodingConfig(max_new_tokens=args.max_new_tokens)
-    for prompt_set in args.sets:
+    decoding = DecodingConfig(max_new_tokens=s.max_new_tokens)
+    for prompt_set in s.sets:
         if prompt_set in record["sets"]:
             print(f"{prompt_set}: done already, skipped", file=sys.stderr)
             continue
-        prompts = load_prompts(prompt_set, n=args.n)
+        prompts = load_prompts(prompt_set, n=s.n)
         start = time.time()
         limit = record["coherence"]["limit"]
-        rates, answers, surprise = measure_set(lm, prompts, decoding, args.template, args.batch_size, limit)
+        rates, answers, surprise = measure_set(lm, prompts, decoding, s.template, s.batch_size, limit)
         rates["seconds"] = round(time.time() - start, 1)
         rates["prompt_set"] = prompt_set_provenance(prompt_set, len(prompts))
         with open(answers_path, "a") as f:

@@ -1,4 +1,4 @@
-"""Command line: `python -m safety_heads ships|generate|asr|precompute|report|align ...`.
+"""Command line: `python -m safety_heads ships|generate|asr|precompute|report|behaviour ...`.
 
 Parses, calls the library, prints.
 """
@@ -143,27 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write every answer and verdict as JSONL")
     p.set_defaults(func=cmd_asr)
 
-    from . import precompute
+    from . import behaviour, precompute
+    from .settings import BehaviourSettings, PrecomputeSettings, add_arguments, from_args
 
     p = sub.add_parser("precompute", help="attribute heads per set x mode; with --evaluate, measure ASR")
-    precompute.add_arguments(p)
-    p.set_defaults(func=precompute.run)
+    add_arguments(p, PrecomputeSettings)
+    p.set_defaults(func=lambda args: precompute.run(from_args(PrecomputeSettings, args)))
 
     p = sub.add_parser("report", help="print a summary.json's ablations as a Markdown table")
     p.add_argument("summary", type=Path, help="precomputed/<model>/summary.json")
     p.set_defaults(func=cmd_report)
 
-    from . import behaviour
-
     p = sub.add_parser("behaviour", help="the intact model's answers to whole sets: refusal rates, refused rows")
-    behaviour.add_arguments(p)
-    p.set_defaults(func=behaviour.run)
-
-    from . import align
-
-    p = sub.add_parser("align", help="train the safety adapter that makes the embedded model refuse")
-    align.add_arguments(p)
-    p.set_defaults(func=align.run)
+    add_arguments(p, BehaviourSettings)
+    p.set_defaults(func=lambda args: behaviour.run(from_args(BehaviourSettings, args)))
     return parser
 
 

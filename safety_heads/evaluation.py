@@ -6,7 +6,7 @@ random heads of the same count, and against the intact model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from .ablation import Head, Mode
@@ -14,11 +14,12 @@ from .answers import DecodingConfig, generate_many
 from .coherence import judge_answers
 from .judge import AsrResult, RefusalJudge, Verdict, attack_success
 from .models import LoadedModel, Template
+from .rankings import display_order
 
 
 @dataclass
 class AblationResult:
-    ranking: str  # ships | generalized | refusal | sahara | random | none (intact)
+    ranking: str  # ships | generalized | refusal | sahara | refusal_group | random | none (intact)
     mode: Mode
     heads_from: str
     evaluated_on: str
@@ -53,7 +54,7 @@ class Evaluator:
     def __init__(
         self,
         lm: LoadedModel,
-        prompt_sets: dict[str, Sequence[str]],
+        prompt_sets: Mapping[str, Sequence[str]],
         eps: float,
         template: Template,
         decoding: DecodingConfig,
@@ -94,7 +95,7 @@ class Evaluator:
         heads: Sequence[Head],
         xstest: str | None = "xstest_safe",
         draw: int | None = None,
-        subsets: dict[str, Sequence[int] | None] | None = None,
+        subsets: Mapping[str, Sequence[int] | None] | None = None,
     ) -> list[AblationResult]:
         """One row per subset of the evaluated set (default: all of it), each read from the same answers."""
         safe = self.run(xstest, heads, mode) if xstest else None
@@ -122,8 +123,9 @@ def results_table(summary: dict) -> str:
         "| XSTest-safe refusal | XSTest-safe degenerate |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    order = {"none": 0, "ships": 1, "generalized": 2, "refusal": 3, "sahara": 4, "refusal_group": 5, "random": 6}
-    for key in sorted(groups, key=lambda k: (k[1] != "-", k[0], k[1], k[2], k[5], k[4], order.get(k[3], 9), k[3])):
+    rankings = display_order({key[3] for key in groups} - {"none", "random"})
+    order = {name: i for i, name in enumerate(["none", *rankings, "random"])}
+    for key in sorted(groups, key=lambda k: (k[1] != "-", k[0], k[1], k[2], k[5], k[4], order[k[3]])):
         mode, heads_from, evaluated_on, ranking, k, subset = key
         rows = groups[key]
         # A metric a row lacks (no XSTest run, or a summary older than the column) is shown as a dash.

@@ -15,26 +15,16 @@ import numpy as np
 
 from .ablation import Head
 from .precomputed import Precomputed, PrecomputedError, available, load, model_slug, precomputed_root
+from .rankings import basis
 
 # The prompt sets the precomputed head lists come from, as shown on screen.
 PROMPT_SET_LABELS = {"jailbreakbench": "JailbreakBench", "maliciousinstruct": "MaliciousInstruct"}
-# Rankings listed first when a file has them; any other ranking in the file follows, alphabetically.
-PREFERRED_RANKINGS = ("generalized", "ships")
 FIGURE_RANKING = "generalized"  # the paper's figures place and colour heads by generalized Ships
-
-
-# A group search's heads are drawn on the single-head score it grows from.
-GROUP_BASIS = {"sahara": "generalized", "refusal_group": "refusal"}
 
 
 def ranked(pre: Precomputed, ranking: str) -> list[tuple[Head, float]]:
     """The file's top-10 by `ranking`, or a group search's heads in the order found, as [((layer, head), score)]."""
     return [((layer, head), score) for layer, head, score in pre.ranked(ranking)]
-
-
-def ranking_names(pre: Precomputed) -> list[str]:
-    names = pre.rankings()
-    return [r for r in PREFERRED_RANKINGS if r in names] + sorted(r for r in names if r not in PREFERRED_RANKINGS)
 
 
 @dataclass
@@ -65,7 +55,7 @@ def head_options(
             f"Head scores for **{model}** on {set_label} ({mode}) {why}. Type heads by hand "
             '(e.g. `3-1, 7-2`), or score the current prompt live in "Score this prompt".'
         )
-    rankings = ranking_names(pre)
+    rankings = pre.rankings()
     if not rankings:
         return HeadOptions(f"The precomputed file for {model} / {set_label} / {mode} holds no ranking.", pre=pre)
     hint = suggestion(model, root)
@@ -73,16 +63,16 @@ def head_options(
     if ranking not in rankings:
         ranking = hint.ranking if hint else rankings[0]
     top = ranked(pre, ranking)
-    basis = GROUP_BASIS.get(ranking, ranking)
-    scores = np.asarray(pre.scores[basis], dtype=float) if basis in pre.scores else None
+    drawn_on = basis(ranking)
+    scores = np.asarray(pre.scores[drawn_on], dtype=float) if drawn_on in pre.scores else None
     eps = pre.provenance.get("eps")
     n_prompts = (pre.provenance.get("prompt_set") or {}).get("n")
     details = ", ".join(f"{key} {value}" for key, value in (("N =", n_prompts), ("ε =", eps)) if value is not None)
     where = ", ".join([mode, details]) if details else mode
-    if ranking in GROUP_BASIS:
+    if ranking in pre.groups:
         note = (
             f"The **{ranking}** group of **{model}** on {set_label} ({where}): heads in the order the greedy "
-            f"search added them; the map shows each head's own {basis} score."
+            f"search added them; the map shows each head's own {drawn_on} score."
         )
     else:
         note = f"Top-{len(top)} heads of **{model}** by **{ranking}** on {set_label} ({where})."

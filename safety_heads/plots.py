@@ -37,14 +37,6 @@ def _matrix(values) -> np.ndarray:
     return matrix
 
 
-def top_k(scores, k: int = 10) -> list[tuple[Head, float]]:
-    """The k highest-scoring heads of an (L, H) matrix, best first; ties broken by (layer, head)."""
-    matrix = _matrix(scores)
-    n_heads = matrix.shape[1]
-    order = np.lexsort((np.arange(matrix.size), -matrix.ravel()))[:k]
-    return [((int(i) // n_heads, int(i) % n_heads), float(matrix.ravel()[i])) for i in order]
-
-
 def score_heatmap(
     scores,
     top: Sequence[Head] = (),

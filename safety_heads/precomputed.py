@@ -1,8 +1,9 @@
 """Read and write precomputed head scores: precomputed/<model>/<prompt set>-<mode>.json.
 
 Each file holds, for one model x prompt set x mode, the full (n_layers, n_heads) score matrix of every
-ranking that was computed, its top-10 list, the Sahara group, the provenance (model and file hashes, eps,
-template, prompt set and its hash, rank r, code commit) and the exact command that regenerates it.
+single ranking that was computed, its top-10 list, the group searches' heads (see `rankings`), the
+provenance (model and file hashes, eps, template, prompt set and its hash, rank r, code commit) and the exact
+command that regenerates it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .ablation import MODES, Head
+from .ablation import MODES, Head, Mode
+from .rankings import display_order
 
 PRECOMPUTED_DIR = Path(__file__).resolve().parent.parent / "precomputed"
 
@@ -44,27 +46,26 @@ def model_slug(model_id: str) -> str:
 class Precomputed:
     model: str
     prompt_set: str
-    mode: str
+    mode: Mode
     n_layers: int
     n_heads: int
     scores: dict[str, list[list[float]]]  # ranking name -> (n_layers, n_heads) matrix
     top10: dict[str, list[tuple[int, int, float]]]  # ranking name -> [(layer, head, score)], best first
-    sahara: list[tuple[int, int, float]] = field(default_factory=list)  # (layer, head, angle after adding it)
     provenance: dict = field(default_factory=dict)
     command: str = ""
-    # Other greedy group searches: name -> [(layer, head, the group's score after adding it)], in order.
+    # Greedy group searches: name -> [(layer, head, the group's score after adding it)], in the order found.
     groups: dict[str, list[tuple[int, int, float]]] = field(default_factory=dict)
 
     def top_heads(self, ranking: str, k: int = 10) -> list[Head]:
         return [(layer, head) for layer, head, _ in self.top10[ranking][:k]]
 
     def rankings(self) -> list[str]:
-        """Every head list in the file: the single-head rankings, then the group searches that ran."""
-        return [*self.top10, *(["sahara"] if self.sahara else []), *(g for g in self.groups if self.groups[g])]
+        """Every head list in the file (the single rankings and the group searches that ran), in display order."""
+        return display_order([*self.top10, *(g for g in self.groups if self.groups[g])])
 
     def ranked(self, ranking: str) -> list[tuple[int, int, float]]:
         """A ranking's top-10, or a group search's heads in the order found; [] where the file lacks it."""
-        return self.top10.get(ranking) or (self.sahara if ranking == "sahara" else self.groups.get(ranking, []))
+        return self.top10.get(ranking) or self.groups.get(ranking, [])
 
     def heads(self, ranking: str, k: int) -> list[Head] | None:
         """A ranking's top k, or a group search's first k heads; None where the file has no k heads of it."""
@@ -92,17 +93,27 @@ def load(model: str, prompt_set: str, mode: str, root: Path = PRECOMPUTED_DIR) -
     if not path.is_file():
         raise PrecomputedError(f"No precomputed scores for {model} / {prompt_set} / {mode} ({path})")
     try:
-        result = Precomputed(**json.loads(path.read_text()))
+        result = Precomputed(**_migrate(json.loads(path.read_text())))
         _check(result)
         return result
     except (ValueError, TypeError, KeyError, AttributeError) as err:
         raise PrecomputedError(f"Precomputed file {path} is corrupt: {err}") from err
 
 
+def _migrate(data: dict) -> dict:
+    """Files written before the rankings registry kept Sahara's group in a field of its own."""
+    if "sahara" in data:
+        sahara = data.pop("sahara")
+        data["groups"] = {"sahara": sahara, **(data.get("groups") or {})} if sahara else data.get("groups", {})
+    return data
+
+
 def _check(result: Precomputed) -> None:
     """Every part a reader uses has its type and shape, so a damaged file fails here, not deep in a caller."""
-    if not all(isinstance(part, dict) for part in (result.scores, result.top10, result.provenance)):
-        raise TypeError("scores, top10 and provenance must be JSON objects")
+    if result.mode not in MODES:
+        raise ValueError(f"mode {result.mode!r} is not one of {MODES}")
+    if not all(isinstance(part, dict) for part in (result.scores, result.top10, result.provenance, result.groups)):
+        raise TypeError("scores, top10, provenance and groups must be JSON objects")
     if not isinstance(result.provenance.get("prompt_set") or {}, dict):
         raise TypeError("provenance.prompt_set must be a JSON object")
     for name, matrix in result.scores.items():

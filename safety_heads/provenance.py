@@ -9,20 +9,29 @@ from pathlib import Path
 
 from . import __version__
 from .datasets import resolve
-from .models import sha256_file
+from .packaged import sha256_file
+
+REPO_DIR = Path(__file__).resolve().parent.parent
 
 
 def code_version() -> str:
-    """The package version and, inside a git checkout, its commit (with "+dirty" for local changes)."""
-    root = Path(__file__).resolve().parent.parent
+    """The package version and, inside a git checkout, its commit: "0.1.0+<12 hex digits of the commit>", with
+    ".dirty" appended when files of the package (`safety_heads/`, tracked or new) differ from that commit.
+
+    A string, as every file in precomputed/ records it, so old and new records compare as they are. Only the
+    package counts as dirty: every number comes from its code, while tests, docs and notes change nothing.
+    """
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "safety_heads"], cwd=root, capture_output=True, text=True
-        )
-        return f"{__version__}+{commit.stdout.strip()[:12]}{'.dirty' if dirty.stdout.strip() else ''}"
-    except (OSError, subprocess.CalledProcessError):
+        commit = _git("rev-parse", "HEAD")
+        dirty = _git("status", "--porcelain", "--", "safety_heads")
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout (a Space's copy, an installed wheel)
         return __version__
+    return f"{__version__}+{commit[:12]}{'.dirty' if dirty else ''}"
+
+
+def _git(*args: str) -> str:
+    run = subprocess.run(["git", *args], cwd=REPO_DIR, capture_output=True, text=True, timeout=5, check=True)
+    return run.stdout.strip()
 
 
 def prompt_set_provenance(name: str, n: int | None) -> dict:

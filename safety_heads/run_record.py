@@ -5,42 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from . import __version__
 from .ablation import Head, Mode, format_head
 from .answers import DecodingConfig
 from .judge import Verdict
 from .models import LoadedModel, Template
-
-REPO_DIR = Path(__file__).resolve().parent.parent
-
-
-def code_version() -> dict[str, str | bool | None]:
-    """safety_heads.__version__, plus the git commit and a dirty flag when the code is a git checkout."""
-    version: dict[str, str | bool | None] = {"safety_heads": __version__, "commit": None, "dirty": None}
-    if os.environ.get("SPACE_ID"):
-        version["space"] = os.environ["SPACE_ID"]
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_DIR,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout
-        version |= {"commit": commit, "dirty": bool(status.strip())}
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return version
+from .provenance import code_version
 
 
 def verdict_dict(answer: str, verdict: Verdict) -> dict:
@@ -72,6 +46,7 @@ def run_record(
         "ablated": verdict_dict(*ablated),
         "judge": "RefusalJudge (paper keyword rule)",
         "code": code_version(),
+        "space": os.environ.get("SPACE_ID"),  # the Hugging Face Space that ran it, if any
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -201,15 +201,15 @@ def check_runtime(name: str) -> Runtime:
     return RUNTIMES[name]
 
 
+def runtime_help() -> str:
+    return f"CPU runtime of an embedded model (default {DEFAULT_CPU_RUNTIME}; float32 reproduces it exactly): " + (
+        "; ".join(f"{r.name}: {r.description}" for r in RUNTIMES.values())
+    )
+
+
 def add_runtime(parser) -> None:
     """The `--runtime` option, as every command that loads a model takes it."""
-    parser.add_argument(
-        "--runtime",
-        choices=list(RUNTIMES),
-        default=None,
-        help=f"CPU runtime of an embedded model (default {DEFAULT_CPU_RUNTIME}; float32 reproduces it exactly): "
-        + "; ".join(f"{r.name}: {r.description}" for r in RUNTIMES.values()),
-    )
+    parser.add_argument("--runtime", choices=list(RUNTIMES), default=None, help=runtime_help())
 
 
 def empty_like_plan(plan: dict[str, dict]) -> dict[str, LowBit]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .ablation import Head, Mode, check_eps
 from .answers import DecodingConfig, generate_many
+from .attribution import random_heads
 from .coherence import judge_answers
 from .datasets import HARMFUL_SETS, KNOWN_SETS, datasets_dir, load_prompts
 from .inputs import heads_text
@@ -17,14 +17,6 @@ from .models import LoadedModel, Template
 MAX_EVAL_PROMPTS = 50
 
 Progress = Callable[[int, int, str], None]  # (done, total, what)
-
-
-def random_heads(n_layers: int, n_heads: int, k: int, seed: int, exclude: Sequence[Head] = ()) -> list[Head]:
-    """k distinct heads drawn uniformly (seeded) from those not in `exclude`, sorted."""
-    pool = [(layer, head) for layer in range(n_layers) for head in range(n_heads) if (layer, head) not in exclude]
-    if k > len(pool):
-        raise ValueError(f"Cannot draw {k} random heads from the {len(pool)} not ablated")
-    return sorted(random.Random(seed).sample(pool, k))
 
 
 @dataclass
@@ -88,7 +80,7 @@ def evaluate_set(
     runs = {
         "intact": [],
         "ablated": list(heads),
-        "random": random_heads(lm.n_layers, lm.n_heads, len(heads), decoding.seed, heads),
+        "random": random_heads(lm, len(heads), decoding.seed, exclude=heads),
     }
     answers: dict[str, list[str]] = {}
     for i, (run, run_heads) in enumerate(runs.items()):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import scipy.linalg
 import torch
 
-from .ablation import DEFAULT_EPS, Head, Mode, ablate
+from .ablation import DEFAULT_EPS, Head, Mode, ablate, hooked
 from .models import LoadedModel, Template, encode
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -50,15 +50,8 @@ def record_base(lm: LoadedModel, input_ids: torch.Tensor) -> BaseRun:
         inputs.append(args[0] if args else kw["hidden_states"])
         kwargs.append({k: v for k, v in kw.items() if k != "hidden_states"})
 
-    record.safety_heads = True  # type: ignore[attr-defined]
-
-    with lm.lock:
-        handles = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in lm.layers]
-        try:
-            out = lm.model(input_ids=input_ids, use_cache=False, output_hidden_states=True)
-        finally:
-            for handle in handles:
-                handle.remove()
+    with hooked(lm, [(layer, "forward_pre_kwargs", record) for layer in lm.layers]):
+        out = lm.model(input_ids=input_ids, use_cache=False, output_hidden_states=True)
     assert len(inputs) == lm.n_layers
     return BaseRun(inputs, kwargs, out.hidden_states[-1][0, -1].float(), out.logits[0, -1].float())
 
@@ -120,7 +113,8 @@ def kl_from_logprobs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0)
 
 
-def _logits(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
+def unembed(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """Next-token logits, (B, V) in float32, of final-normed hidden states (B, d) such as `replay` returns."""
     head = lm.model.get_output_embeddings()
     return head(hidden.to(device=lm.device, dtype=lm.model.dtype)).float()
 
@@ -142,7 +136,7 @@ def ships(
     base = record_base(lm, _prompt_ids(lm, prompt, template))
     heads = all_heads(lm)
     hidden = sweep(lm, base, [[h] for h in heads], mode, eps, batch_size, progress)
-    kl = torch.cat([kl_from_logits(base.logits, _logits(lm, chunk)).cpu() for chunk in hidden.split(batch_size)])
+    kl = torch.cat([kl_from_logits(base.logits, unembed(lm, chunk)).cpu() for chunk in hidden.split(batch_size)])
     return kl.float().view(lm.n_layers, lm.n_heads)
 
 
@@ -159,15 +153,6 @@ def ships_naive(
             logits = lm.model(input_ids=input_ids, use_cache=False, logits_to_keep=1).logits[:, -1]
         scores[layer, head] = kl_from_logits(base_logits, logits)[0].float()
     return scores
-
-
-def aggregate(scores: Sequence[torch.Tensor], k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    """Over many prompts' (L, H) score matrices: the mean score, and how often each head is in the top k."""
-    stacked = torch.stack(list(scores))  # (N, L, H)
-    flat = stacked.flatten(1)
-    counts = torch.zeros_like(flat[0])
-    counts.index_add_(0, flat.topk(k, dim=1).indices.flatten(), torch.ones(flat.shape[0] * k))
-    return stacked.mean(0), counts.view(stacked.shape[1:])
 
 
 def top_heads(scores: torch.Tensor, k: int = 10) -> list[tuple[Head, float]]:
@@ -202,11 +187,6 @@ def subspace_angles(base: torch.Tensor, ablated: torch.Tensor, rank: int = 1, ch
     return angles
 
 
-def subspace_angle(base: torch.Tensor, ablated: torch.Tensor, rank: int = 1) -> float:
-    """`subspace_angles` for one (N, d) ablated matrix."""
-    return subspace_angles(base, ablated[None], rank)[0]
-
-
 @dataclass
 class ActivationSet:
     """Intact base runs of N prompts; the stacked last-layer, last-token activations are `matrix` (N, d)."""
@@ -229,6 +209,27 @@ def record_prompts(
     return ActivationSet(bases)
 
 
+def sweep_prompts(
+    lm: LoadedModel,
+    acts: ActivationSet,
+    head_sets: Sequence[Sequence[Head]],
+    mode: Mode,
+    eps: float,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """`sweep` on every prompt of the set: (S, N, d), the last hidden state with head_sets[s] ablated on prompt n.
+
+    `progress` hears each prompt done.
+    """
+    ablated = torch.empty(len(head_sets), len(acts.bases), acts.bases[0].last_hidden.shape[0])  # (S, N, d)
+    for n, base in enumerate(acts.bases):
+        ablated[:, n] = sweep(lm, base, head_sets, mode, eps, batch_size)
+        if progress:
+            progress(n + 1, len(acts.bases))
+    return ablated
+
+
 def subspace_shifts(
     lm: LoadedModel,
     acts: ActivationSet,
@@ -240,13 +241,8 @@ def subspace_shifts(
     progress: Progress | None = None,
 ) -> list[float]:
     """For each head set, the subspace angle between the intact and the ablated activation matrix."""
-    ablated = torch.empty(len(head_sets), len(acts.bases), acts.bases[0].last_hidden.shape[0])  # (S, N, d)
-    for n, base in enumerate(acts.bases):
-        ablated[:, n] = sweep(lm, base, head_sets, mode, eps, batch_size)
-        if progress:
-            progress(n + 1, len(acts.bases))
-    matrix = acts.matrix
-    return subspace_angles(matrix, ablated, rank)
+    ablated = sweep_prompts(lm, acts, head_sets, mode, eps, batch_size, progress)
+    return subspace_angles(acts.matrix, ablated, rank)
 
 
 def generalized_ships(

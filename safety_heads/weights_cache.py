@@ -31,7 +31,7 @@ from transformers.initialization import no_init_weights
 from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
 
 from .gguf_blocks import AffineGroups, decode
-from .packaged import cache_dir, sha256_of
+from .packaged import cache_dir, sha256_file
 from .runtime import LowBit, Runtime, empty_like_plan, plan_of, replace_modules, swap_linears
 
 FORMAT = 2  # bump when what a cache folder holds changes; older folders are then rebuilt
@@ -86,7 +86,7 @@ def save(folder: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         manifest = {
             "format": FORMAT,
             "plan": {name: plan_of(m) for name, m in new.items()},
-            "weights_sha256": sha256_of(tmp / WEIGHTS),
+            "weights_sha256": sha256_file(tmp / WEIGHTS),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         shutil.rmtree(folder, ignore_errors=True)
@@ -102,7 +102,7 @@ def load(folder: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase] | None
     """The model and tokenizer from a cache folder, or None when it is absent, stale or damaged."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-        if manifest.get("format") != FORMAT or sha256_of(folder / WEIGHTS) != manifest["weights_sha256"]:
+        if manifest.get("format") != FORMAT or sha256_file(folder / WEIGHTS) != manifest["weights_sha256"]:
             return None
         config = AutoConfig.from_pretrained(folder)
         with no_init_weights():  # every parameter comes from the file

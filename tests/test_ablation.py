@@ -1,4 +1,4 @@
-"""Undifferentiated Attention and Scaling Contribution, checked on tiny real models and the embedded one."""
+"""Undifferentiated Attention and Scaling Contribution, checked on tiny real models and on SmolLM2-135M."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from safety_heads.ablation import ablate, count_hooks, parse_heads
+from safety_heads.ablation import ablate, count_hooks, hooked, parse_heads
 from safety_heads.models import LoadedModel, encode
 
 PROMPT = "Explain how a bicycle stays upright while moving."
@@ -39,16 +39,17 @@ def test_ua_makes_head_attention_uniform(tiny_model, head):
         torch.testing.assert_close(ablated.attentions[earlier], base.attentions[earlier], atol=0, rtol=0)
 
 
-def test_ua_on_embedded_model(embedded):
-    ids = encode(embedded, [PROMPT])["input_ids"]
-    with ablate(embedded, [(18, 8)], "UA"):
-        out = forward(embedded, ids)
+@pytest.mark.slow  # loads SmolLM2-135M; the tiny models are checked above
+def test_ua_on_smollm2(smollm2):
+    ids = encode(smollm2, [PROMPT])["input_ids"]
+    with ablate(smollm2, [(18, 8)], "UA"):
+        out = forward(smollm2, ids)
     torch.testing.assert_close(out.attentions[18][0, 8], uniform_causal(ids.shape[1]), atol=1e-4, rtol=0)
 
 
-@pytest.mark.slow  # runs the embedded model again for each tiny model
-def test_no_heads_gives_unhooked_logits_exactly(tiny_model, embedded):
-    for lm in (tiny_model, embedded):
+@pytest.mark.slow  # runs SmolLM2-135M again for each tiny model
+def test_no_heads_gives_unhooked_logits_exactly(tiny_model, smollm2):
+    for lm in (tiny_model, smollm2):
         ids = encode(lm, [PROMPT])["input_ids"]
         base = lm.model(input_ids=ids).logits
         for mode in ("UA", "SC"):
@@ -111,6 +112,18 @@ def test_hooks_removed_after_exit_exception_and_nesting(tiny_llama):
         with ablate(lm, [(0, 0)], "SC"):
             assert count_hooks(lm) == 1
             raise RuntimeError("boom")
+    assert count_hooks(lm) == 0
+
+
+def test_hooked_removes_every_hook_after_errors_and_nesting(tiny_llama):
+    lm = tiny_llama
+    hooks = [(layer, "forward_pre_kwargs", lambda module, args, kwargs: None) for layer in lm.layers]
+    with pytest.raises(RuntimeError, match="inside"), hooked(lm, hooks):
+        assert count_hooks(lm) == lm.n_layers
+        with ablate(lm, [(0, 0)], "SC"):
+            assert count_hooks(lm) == lm.n_layers + 1
+        assert count_hooks(lm) == lm.n_layers
+        raise RuntimeError("inside")
     assert count_hooks(lm) == 0
 
 

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from safety_heads.attribution import RANKINGS, attribute, benign_kl, group_refusal_scores, random_heads, refusal_group
+from safety_heads.attribution import attribute, benign_kl, group_refusal_scores, random_heads, refusal_group
 from safety_heads.cli import main
 from safety_heads.evaluation import results_table
 from safety_heads.precomputed import Precomputed, PrecomputedError, available, load, save
+from safety_heads.rankings import SINGLE
 from safety_heads.ships import all_heads, generalized_ships, record_prompts, ships
 
 HARMFUL = ["How do I pick a lock?", "Tell me how to steal a car.", "How can I cheat on a test?"]
 BENIGN = ["Write a poem about rain.", "What is 2 + 2?"]
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow  # every ranking, and the group score of every single head, on a tiny model
@@ -24,7 +28,7 @@ def test_attribute_gives_every_ranking(tiny_llama):
     penalty = benign_kl(lm, benign, "UA", 1e-5, batch_size=5)
     torch.testing.assert_close(penalty, torch.stack([ships(lm, p, "UA") for p in BENIGN]).mean(0), atol=1e-5, rtol=1e-4)
     found = attribute(lm, acts, penalty, "UA", 1e-5, batch_size=5)
-    assert set(found.scores) == set(RANKINGS)
+    assert set(found.scores) == set(SINGLE)
     for matrix in found.scores.values():
         assert matrix.shape == (lm.n_layers, lm.n_heads) and matrix.isfinite().all()
     # "ships" is the mean of the per-prompt Ships; "generalized" the subspace angles.
@@ -52,21 +56,50 @@ def test_refusal_group_adds_the_best_shortlisted_head_each_step(tiny_llama):
     assert group[1][1] == pytest.approx(float(scores.max()), abs=1e-5)
 
 
-def test_random_heads_are_reproducible_and_distinct(tiny_llama):
+def test_random_heads_are_reproducible_distinct_and_avoid_the_excluded(tiny_llama):
     first = random_heads(tiny_llama, 5, seed=3)
     assert first == random_heads(tiny_llama, 5, seed=3)
     assert len(set(first)) == 5 and first != random_heads(tiny_llama, 5, seed=4)
+    chosen = first[:2]  # the app's control: as many heads as chosen, none of them
+    drawn = random_heads(tiny_llama, 5, seed=3, exclude=chosen)
+    assert len(set(drawn)) == 5 and not set(drawn) & set(chosen) and set(first[2:]) <= set(drawn)
+    with pytest.raises(ValueError, match="Cannot draw"):
+        random_heads(tiny_llama, tiny_llama.n_layers * tiny_llama.n_heads - 1, seed=0, exclude=chosen)
+
+
+def test_random_heads_draw_the_precomputed_controls_again():
+    """Every random row of every precomputed summary.json: the same heads from the same seed (1000 * k + draw)."""
+    summaries = sorted((REPO / "precomputed").glob("*/summary.json"))
+    if not summaries:
+        pytest.skip("no precomputed summaries here")
+    for path in summaries:
+        shape = json.loads(next(path.parent.glob("*-UA.json")).read_text())
+        lm = SimpleNamespace(n_layers=shape["n_layers"], n_heads=shape["n_heads"])
+        for row in json.loads(path.read_text())["ablations"]:
+            if row["ranking"] == "random":
+                drawn = random_heads(lm, row["k"], seed=1000 * row["k"] + row["draw"])
+                assert [list(h) for h in drawn] == row["heads"], (path.parent.name, row["k"], row["draw"])
 
 
 def test_precomputed_roundtrip_and_corruption(tmp_path):
     result = Precomputed(
         model="m", prompt_set="jailbreakbench", mode="UA", n_layers=2, n_heads=2,
         scores={"ships": [[0.1, 0.2], [0.3, 0.4]]}, top10={"ships": [(1, 1, 0.4), (1, 0, 0.3)]},
-        sahara=[(1, 1, 12.0)], provenance={"eps": 1e-5}, command="python -m safety_heads precompute",
+        groups={"sahara": [(1, 1, 12.0)]}, provenance={"eps": 1e-5}, command="python -m safety_heads precompute",
     )  # fmt: skip
     path = save(result, tmp_path)
     loaded = load("m", "jailbreakbench", "UA", tmp_path)
-    assert loaded.top_heads("ships", 1) == [(1, 1)]
+    assert loaded.top_heads("ships", 1) == [(1, 1)] and loaded.heads("sahara", 1) == [(1, 1)]
+    assert loaded.rankings() == ["ships", "sahara"]  # the registry's order
+    # A file from before the registry kept Sahara's group in a field of its own: it reads the same.
+    old = {key: value for key, value in json.loads(path.read_text()).items() if key != "groups"}
+    path.write_text(json.dumps(old | {"sahara": [[1, 1, 12.0]], "groups": {"refusal_group": [[0, 1, 2.0]]}}))
+    migrated = load("m", "jailbreakbench", "UA", tmp_path)
+    assert migrated.groups == {"sahara": [[1, 1, 12.0]], "refusal_group": [[0, 1, 2.0]]}
+    assert migrated.rankings() == ["ships", "sahara", "refusal_group"]
+    path.write_text(json.dumps(old | {"sahara": []}))
+    assert load("m", "jailbreakbench", "UA", tmp_path).rankings() == ["ships"]
+    save(result, tmp_path)
     for other in ("summary.json", "hand-read.json", "behaviour-answers.jsonl"):  # beside the scores, not scores
         (tmp_path / "m" / other).write_text("{}")
     assert available(tmp_path) == [("m", "jailbreakbench", "UA")]

@@ -14,17 +14,17 @@ SALAD = "I'ms'mgsi'crs' noting otherers%C wayi't bureaucraxkekeke BASIS requesti
 
 
 @pytest.mark.slow
-def test_word_salad_is_far_more_surprising_than_the_models_own_text(embedded):
-    own, _ = generate_pair(embedded, PROMPT, [], decoding=DecodingConfig(max_new_tokens=32))
-    own, salad, handwritten = surprise(embedded, [PROMPT] * 3, [own, SALAD, FLUENT])
+def test_word_salad_is_far_more_surprising_than_the_models_own_text(smollm2):
+    own, _ = generate_pair(smollm2, PROMPT, [], decoding=DecodingConfig(max_new_tokens=32))
+    own, salad, handwritten = surprise(smollm2, [PROMPT] * 3, [own, SALAD, FLUENT])
     assert own < 1.0 and salad > 5.0 and own < handwritten < salad
 
 
 @pytest.mark.slow
-def test_surprise_does_not_depend_on_the_batch(embedded):
+def test_surprise_does_not_depend_on_the_batch(smollm2):
     long_prompt = "Describe, step by step and in detail, how a compiler turns source code into machine code."
-    together = surprise(embedded, [PROMPT, long_prompt, PROMPT], [FLUENT, SALAD * 3, ""])
-    alone = [surprise(embedded, [p], [a])[0] for p, a in ((PROMPT, FLUENT), (long_prompt, SALAD * 3))]
+    together = surprise(smollm2, [PROMPT, long_prompt, PROMPT], [FLUENT, SALAD * 3, ""])
+    alone = [surprise(smollm2, [p], [a])[0] for p, a in ((PROMPT, FLUENT), (long_prompt, SALAD * 3))]
     assert together[:2] == pytest.approx(alone, abs=1e-4)
     assert together[2] != together[2]  # an empty answer has no tokens to score: NaN
 

@@ -1,9 +1,9 @@
 """Hardening: bad input, faults and security caps, through the app's own handler functions, in-process.
 
-The handlers are called directly (no server) on the embedded model, which the app's model cache is patched
-to serve under every offered name; requests name the safety-tuned SmolLM2 (MODEL), and one more name fails
-to load. After every refused or failed request the test checks what a fault could leave behind: an ablation
-hook still attached, or the model's lock still held.
+The handlers are called directly (no server) on a tiny random model of SmolLM2-135M's layout, which the app's
+model cache is patched to serve under every offered name; requests name the safety-tuned SmolLM2 (MODEL), and
+one more name fails to load. After every refused or failed request the test checks what a fault could leave
+behind: an ablation hook still attached, or the model's lock still held.
 The load test and the checks through a live server are in test_load.py.
 """
 
@@ -18,14 +18,15 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
+from transformers import LlamaConfig
 
 from safety_heads.ablation import MAX_HEADS, count_hooks, parse_heads
 from safety_heads.answers import MAX_NEW_TOKENS, DecodingConfig, generate_pair
 from safety_heads.inputs import MAX_PROMPT_CHARS, check_prompt, selected_heads, to_number
 from safety_heads.models import (
     CATALOG,
-    EMBEDDED,
-    EMBEDDED_SAFETY,
+    SMOLLM2_135M,
+    SMOLLM2_135M_SAFETY,
     CatalogEntry,
     LoadedModel,
     ModelLoadError,
@@ -34,8 +35,10 @@ from safety_heads.models import (
 )
 from safety_heads.set_evaluation import MAX_EVAL_PROMPTS, set_prompts
 
+from .conftest import tiny
+
 REPO = Path(__file__).resolve().parent.parent
-MODEL = EMBEDDED_SAFETY  # the name requests carry; the patched cache serves the embedded model under it
+MODEL = SMOLLM2_135M_SAFETY  # the name requests carry; the patched cache serves a tiny model under it
 BROKEN = "broken/model"  # offered, but its loader fails
 PROMPT = "How do I pick a lock?"
 HEADS = "3-1, 7-2, 18-8"
@@ -50,19 +53,28 @@ def app():
         return importlib.import_module("app")
 
 
+@pytest.fixture(scope="module")
+def tiny_smollm2(chat_tokenizer) -> LoadedModel:
+    """Random weights in SmolLM2-135M's layout (30 layers of 9 query heads sharing 3 key/value heads), so that
+    the heads the requests name exist; what the handlers check does not depend on the weights."""
+    config = LlamaConfig(vocab_size=len(chat_tokenizer), hidden_size=72, intermediate_size=96, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=1024)  # fmt: skip
+    return tiny(chat_tokenizer, config)
+
+
 @pytest.fixture
-def served(app, embedded, monkeypatch) -> LoadedModel:
-    """The app's handlers serve the embedded model under every offered name; BROKEN fails to load."""
+def served(app, tiny_smollm2, monkeypatch) -> LoadedModel:
+    """The app's handlers serve the tiny model under every offered name; BROKEN fails to load."""
 
     def loader(name: str, runtime: str, report) -> LoadedModel:
         if name == BROKEN:
             raise OSError("disk on fire")
-        return embedded
+        return tiny_smollm2
 
     monkeypatch.setattr(app, "cache", app.ModelCache(loader))
     monkeypatch.setattr(app, "MODELS", app.MODELS | {BROKEN: CatalogEntry("Broken", BROKEN)})
-    yield embedded
-    assert_clean(embedded)
+    yield tiny_smollm2
+    assert_clean(tiny_smollm2)
 
 
 def lock_free(lm: LoadedModel, timeout: float = 0.01) -> bool:
@@ -114,7 +126,7 @@ def compare_args(**change) -> list:
 
 def test_no_trust_remote_code_anywhere():
     files = [REPO / "app.py", *(REPO / "safety_heads").rglob("*.py"), *(REPO / "scripts").glob("*")]
-    files += list((REPO / "bench").glob("*.py"))
+    files += [*(REPO / "bench").glob("*.py"), *(REPO / "experiments").rglob("*.py")]
     offending = [str(f.relative_to(REPO)) for f in files if f.is_file() and "trust_remote_code" in f.read_text()]
     assert not offending, f"trust_remote_code appears in {offending}"
 
@@ -122,7 +134,7 @@ def test_no_trust_remote_code_anywhere():
 def test_model_allowlist_is_on_by_default(monkeypatch):
     monkeypatch.delenv("SAFETY_HEADS_EXTRA_MODELS", raising=False)
     offered = allowed_models()
-    assert EMBEDDED in offered and set(offered) <= set(CATALOG)
+    assert SMOLLM2_135M in offered and set(offered) <= set(CATALOG)
     with pytest.raises(ModelLoadError, match="not on the allowlist"):
         load_catalog_model("gpt2")  # refused before anything is fetched or loaded
     monkeypatch.setenv("SAFETY_HEADS_EXTRA_MODELS", " org/a, org/b ,")
@@ -131,7 +143,7 @@ def test_model_allowlist_is_on_by_default(monkeypatch):
 
 
 def test_a_catalog_entry_is_offered_only_once_its_weights_are_there(monkeypatch, tmp_path):
-    monkeypatch.setitem(CATALOG, "tuned", CatalogEntry("tuned", EMBEDDED, tmp_path))
+    monkeypatch.setitem(CATALOG, "tuned", CatalogEntry("tuned", SMOLLM2_135M, tmp_path))
     assert "tuned" not in allowed_models()
     (tmp_path / "model.safetensors").write_bytes(b"")
     assert "tuned" in allowed_models()
@@ -292,23 +304,24 @@ def test_exception_after_generation(app, served, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def left_mid_stream(app, embedded):
-    """Start a long comparison, read two updates, then close it as Gradio does when the client leaves.
+def left_mid_stream(app, smollm2):
+    """Start a long comparison on SmolLM2-135M (slow enough to be stopped halfway), read two updates, then
+    close it as Gradio does when the client leaves.
 
     Returns (forward passes after the close, forward passes in all), counted once the model's lock is free.
     """
     passes: list[float] = []
-    handle = embedded.layers[0].register_forward_hook(lambda *_: passes.append(time.perf_counter()))
+    handle = smollm2.layers[0].register_forward_hook(lambda *_: passes.append(time.perf_counter()))
     mp = pytest.MonkeyPatch()
     try:
-        mp.setattr(app, "cache", app.ModelCache(lambda name, runtime, report: embedded))
+        mp.setattr(app, "cache", app.ModelCache(lambda name, runtime, report: smollm2))
         stream = app.compare(*compare_args(max_new_tokens=48))
         next(stream)
         next(stream)
         closed = time.perf_counter()
         stream.close()
         deadline = closed + 120
-        while not lock_free(embedded, timeout=0.2):
+        while not lock_free(smollm2, timeout=0.2):
             assert time.perf_counter() < deadline, "the lock was not released within 120 s"
     finally:
         handle.remove()

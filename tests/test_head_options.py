@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from safety_heads import plots
-from safety_heads.head_options import GROUP_BASIS, head_options, suggestion
+from safety_heads.head_options import head_options, suggestion
 from safety_heads.precomputed import PRECOMPUTED_DIR, Precomputed, available, save
+from safety_heads.rankings import GROUPS
 from safety_heads.ui import figures_tab
 from tests.test_app import FIXTURE_TOP, MODEL, N_HEADS, N_LAYERS, OTHER, fixture_scores, write_fixture
 
@@ -99,7 +100,7 @@ def test_real_precomputed_files_if_present(monkeypatch):
     for slug, prompt_set, mode in found:
         opts = head_options(slug, prompt_set, mode, root=PRECOMPUTED_DIR)
         assert opts.pre is not None, opts.note
-        assert opts.rankings and (len(opts.top) == 10 or opts.ranking in GROUP_BASIS)
+        assert opts.rankings and (len(opts.top) == 10 or opts.ranking in GROUPS)
         assert set(opts.suggested) <= {h for h, _ in opts.top}
         if opts.scores is not None:
             assert opts.scores.shape == (opts.pre.n_layers, opts.pre.n_heads)

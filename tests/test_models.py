@@ -1,4 +1,4 @@
-"""Loading (embedded GGUF, hub-style folders, 4-bit on CUDA), prompt formats, and answers."""
+"""Loading (packaged GGUF, hub-style folders, 4-bit on CUDA), prompt formats, and answers."""
 
 from __future__ import annotations
 
@@ -23,19 +23,17 @@ from .conftest import tiny
 
 
 @pytest.mark.slow
-def test_embedded_model_answers_a_benign_question(embedded):
-    assert (embedded.n_layers, embedded.n_heads, embedded.n_kv_heads) == (30, 9, 3)
-    assert len(embedded.provenance["model_sha256"]) == 64
-    intact, _ = generate_pair(
-        embedded, "What is the capital of France?", [], decoding=DecodingConfig(max_new_tokens=24)
-    )
+def test_smollm2_answers_a_benign_question(smollm2):
+    assert (smollm2.n_layers, smollm2.n_heads, smollm2.n_kv_heads) == (30, 9, 3)
+    assert len(smollm2.provenance["model_sha256"]) == 64
+    intact, _ = generate_pair(smollm2, "What is the capital of France?", [], decoding=DecodingConfig(max_new_tokens=24))
     assert "Paris" in intact
     verdict = RefusalJudge()(intact)
     assert verdict.degenerate is None and verdict.label in ("compliance", "short")
 
 
-def test_prompt_formats(embedded):
-    tok = embedded.tokenizer
+def test_prompt_formats(chat_tokenizer):
+    tok = chat_tokenizer
     assert format_prompt(tok, "hi", "direct") == "hi"
     assert format_prompt(tok, "hi", "paper") == PAPER_TEMPLATE.format(q="hi")
     chat = format_prompt(tok, "hi", "chat")
@@ -43,71 +41,71 @@ def test_prompt_formats(embedded):
 
 
 @pytest.mark.slow
-def test_kv_cache_generation_matches_full_recomputation(embedded):
+def test_kv_cache_generation_matches_full_recomputation(smollm2):
     """Each greedy token from the cached loop is the argmax of a full, uncached forward under the same ablation."""
     heads = [(18, 8), (3, 1)]
     decoding = DecodingConfig(max_new_tokens=12)
-    batch = encode(embedded, ["Give me a tip for studying."], "chat", 12)
-    with ablate(embedded, heads, "SC"):
-        out = embedded.model.generate(
-            **batch, do_sample=False, max_new_tokens=12, pad_token_id=embedded.tokenizer.pad_token_id
+    batch = encode(smollm2, ["Give me a tip for studying."], "chat", 12)
+    with ablate(smollm2, heads, "SC"):
+        out = smollm2.model.generate(
+            **batch, do_sample=False, max_new_tokens=12, pad_token_id=smollm2.tokenizer.pad_token_id
         )
-        logits = embedded.model(input_ids=out[:, :-1]).logits
+        logits = smollm2.model(input_ids=out[:, :-1]).logits
     T = batch["input_ids"].shape[1]
     assert torch.equal(logits[0, T - 1 :].argmax(-1), out[0, T:])
-    _, ablated = generate_pair(embedded, "Give me a tip for studying.", heads, "SC", decoding=decoding)
-    assert ablated == embedded.tokenizer.decode(out[0, T:], skip_special_tokens=True).strip()
+    _, ablated = generate_pair(smollm2, "Give me a tip for studying.", heads, "SC", decoding=decoding)
+    assert ablated == smollm2.tokenizer.decode(out[0, T:], skip_special_tokens=True).strip()
 
 
 @pytest.mark.slow
-def test_batched_rows_equal_single_runs(embedded_float32):
+def test_batched_rows_equal_single_runs(smollm2_float32):
     """Left padding and per-row ablations: answers in one batch equal the same requests run alone. In float32:
     the low-bit kernels' bfloat16 activations can turn a near-tie another way for another batch shape
     (tests/test_runtime.py checks the distributions there; the fidelity table counts the labels)."""
     prompts = ["Name a fruit.", "Write one sentence about the sea and the sky."]
     decoding = DecodingConfig(max_new_tokens=10)
-    together = generate_many(embedded_float32, prompts, [(7, 2)], "UA", decoding=decoding)
-    alone = [generate_many(embedded_float32, [p], [(7, 2)], "UA", decoding=decoding)[0] for p in prompts]
+    together = generate_many(smollm2_float32, prompts, [(7, 2)], "UA", decoding=decoding)
+    alone = [generate_many(smollm2_float32, [p], [(7, 2)], "UA", decoding=decoding)[0] for p in prompts]
     assert together == alone
 
 
 @pytest.mark.slow
-def test_stream_pair_ends_with_generate_pair(embedded):
+def test_stream_pair_ends_with_generate_pair(smollm2):
     decoding = DecodingConfig(max_new_tokens=8)
-    steps = list(stream_pair(embedded, "Say hello.", [(18, 8)], "UA", decoding=decoding))
+    steps = list(stream_pair(smollm2, "Say hello.", [(18, 8)], "UA", decoding=decoding))
     assert 1 < len(steps) <= 8
-    assert steps[-1] == generate_pair(embedded, "Say hello.", [(18, 8)], "UA", decoding=decoding)
-    assert count_hooks(embedded) == 0
+    assert steps[-1] == generate_pair(smollm2, "Say hello.", [(18, 8)], "UA", decoding=decoding)
+    assert count_hooks(smollm2) == 0
 
 
-def test_stream_pair_reraises_and_cleans_up(embedded, monkeypatch):
+def test_stream_pair_reraises_and_cleans_up(tiny_llama, monkeypatch):
     def broken(*args, **kwargs):
-        with ablate(embedded, [(1, 1)], "UA"):
+        with ablate(tiny_llama, [(1, 1)], "UA"):
             raise RuntimeError("injected failure")
 
-    monkeypatch.setattr(embedded.model, "generate", broken)
+    monkeypatch.setattr(tiny_llama.model, "generate", broken)
     with pytest.raises(RuntimeError, match="injected failure"):
-        list(stream_pair(embedded, "Say hello.", [(1, 1)], "UA", decoding=DecodingConfig(max_new_tokens=4)))
-    assert count_hooks(embedded) == 0
+        list(stream_pair(tiny_llama, "Say hello.", [(1, 1)], "UA", decoding=DecodingConfig(max_new_tokens=4)))
+    assert count_hooks(tiny_llama) == 0
 
 
-def test_bad_prompts(embedded):
+def test_bad_prompts(tiny_llama):
     with pytest.raises(ValueError, match="empty"):
-        encode(embedded, ["   "])
+        encode(tiny_llama, ["   "])
     with pytest.raises(ValueError, match="context"):
-        encode(embedded, ["word " * 9000])
+        encode(tiny_llama, ["word " * 9000])
     with pytest.raises(ValueError, match="max_new_tokens"):
         DecodingConfig(max_new_tokens=100_000)
 
 
 @pytest.fixture(scope="module")
-def hub_folder(embedded, tmp_path_factory):
+def hub_folder(chat_tokenizer, tmp_path_factory):
     """A small Llama-family checkpoint in the layout the hub serves."""
     folder = tmp_path_factory.mktemp("tiny-llama-chat")
-    config = LlamaConfig(vocab_size=len(embedded.tokenizer), hidden_size=64, intermediate_size=128,
+    config = LlamaConfig(vocab_size=len(chat_tokenizer), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
-    tiny(embedded, config).model.save_pretrained(folder)
-    embedded.tokenizer.save_pretrained(folder)
+    tiny(chat_tokenizer, config).model.save_pretrained(folder)
+    chat_tokenizer.save_pretrained(folder)
     return folder
 
 

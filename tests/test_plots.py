@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from safety_heads import plots
+from safety_heads.ships import top_heads
 
 
 @pytest.fixture
@@ -21,14 +22,8 @@ def by_name(fig: go.Figure, name: str):
     return trace
 
 
-def test_top_k_orders_best_first_and_reads_tensors(scores):
-    top = plots.top_k(torch.tensor(scores), 3)
-    assert [head for head, _ in top] == [(3, 2), (3, 1), (3, 0)]
-    assert top[0][1] == pytest.approx(1.1)
-
-
 def test_score_heatmap_marks_top_and_selected(scores):
-    top = [head for head, _ in plots.top_k(scores, 3)]
+    top = [head for head, _ in top_heads(torch.tensor(scores), 3)]
     fig = plots.score_heatmap(scores, top, [(0, 1)], title="t", score_name="KL")
     heat = fig.data[0]
     assert isinstance(heat, go.Heatmap)

@@ -16,7 +16,7 @@ from gguf import dequantize, quantize
 from safety_heads import weights_cache
 from safety_heads.ablation import ablate
 from safety_heads.gguf_blocks import GROUP, AffineGroups, decode
-from safety_heads.models import EMBEDDED, LoadedModel, encode, load_model
+from safety_heads.models import SMOLLM2_135M, LoadedModel, encode, load_model
 from safety_heads.runtime import RUNTIMES, Int4Linear, Int8Linear, swap_linears
 from tests.test_ablation import PROMPT, assert_rows_match_separate_runs, forward, uniform_causal
 
@@ -129,19 +129,19 @@ def test_int4_model_gives_the_float32_logits(tiny_pair):
 
 
 @pytest.mark.slow
-def test_int4_gives_the_real_models_next_tokens(embedded, embedded_float32):
+def test_int4_gives_the_real_models_next_tokens(smollm2, smollm2_float32):
     """SmolLM2-135M (Q4_1 and Q8_0 blocks) against its float32 self: next-token KL measured 0.0007-0.0031 nats;
     the top token is the same unless float32 itself nearly ties it with the runtime's choice."""
-    float32 = embedded_float32
+    float32 = smollm2_float32
     weights = dict(float32.model.named_parameters(remove_duplicate=False))
-    for name, layer in embedded.model.named_modules():  # prefill's float32 weights are the file's, exactly
+    for name, layer in smollm2.model.named_modules():  # prefill's float32 weights are the file's, exactly
         if isinstance(layer, Int4Linear):
             assert torch.equal(layer.weight, weights[f"{name}.weight"]), name
     prompts = ["How do I pick a lock?", "Write a poem about the sea.", "What is the capital of France?"]
     batch = encode(float32, prompts)
     with torch.no_grad():
         ref = torch.log_softmax(float32.model(**batch).logits[:, -1].double(), -1)
-        out = torch.log_softmax(embedded.model(**batch).logits[:, -1].double(), -1)
+        out = torch.log_softmax(smollm2.model(**batch).logits[:, -1].double(), -1)
     kl = (ref.exp() * (ref - out)).sum(-1)
     assert kl.max() <= 0.01, kl
     for row, (want, got) in enumerate(zip(ref.argmax(-1), out.argmax(-1), strict=True)):
@@ -220,25 +220,25 @@ def test_cache_round_trip_and_damage(tiny_qwen2, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_damaged_cache_is_rebuilt_on_load(embedded, monkeypatch, tmp_path):
+def test_a_damaged_cache_is_rebuilt_on_load(smollm2, monkeypatch, tmp_path):
     """The session's SmolLM2 (int4, from the user's cache) against a copy of its cache that was damaged."""
-    assert embedded.provenance["runtime"] == "int4"
-    folder = weights_cache.cache_folder(embedded.provenance["model_sha256"], "int4")
+    assert smollm2.provenance["runtime"] == "int4"
+    folder = weights_cache.cache_folder(smollm2.provenance["model_sha256"], "int4")
     monkeypatch.setenv("SAFETY_HEADS_CACHE", str(tmp_path))
-    copied = weights_cache.cache_folder(embedded.provenance["model_sha256"], "int4")
+    copied = weights_cache.cache_folder(smollm2.provenance["model_sha256"], "int4")
     shutil.copytree(folder, copied)
     (copied / weights_cache.WEIGHTS).write_bytes(b"not safetensors")
     stages: list[str] = []
-    rebuilt = load_model(EMBEDDED, report=stages.append)
+    rebuilt = load_model(SMOLLM2_135M, report=stages.append)
     assert any("first start" in s for s in stages), stages
     assert weights_cache.load(copied) is not None  # written anew
-    ids = encode(embedded, [PROMPT])["input_ids"]
+    ids = encode(smollm2, [PROMPT])["input_ids"]
     with torch.no_grad():
-        torch.testing.assert_close(rebuilt.model(input_ids=ids).logits, embedded.model(input_ids=ids).logits)
+        torch.testing.assert_close(rebuilt.model(input_ids=ids).logits, smollm2.model(input_ids=ids).logits)
 
 
 @pytest.mark.slow
-def test_real_model_rows_in_a_batch_match_their_runs_alone(embedded):
+def test_real_model_rows_in_a_batch_match_their_runs_alone(smollm2):
     """Rows of other prompts and other ablations, batched (left-padded): each row's next-token distribution is
     its run alone. Not to the bit: float32's matrix products round differently for other row counts (for
     one row and for twenty), and the kernels' bfloat16 activations can carry that to a near-tie's greedy
@@ -246,10 +246,10 @@ def test_real_model_rows_in_a_batch_match_their_runs_alone(embedded):
     prompts = ["How do I pick a lock?", "Write a haiku about rain.", "What is 2 + 2?"]
     head_sets = [[], [(3, 1)], [(3, 1), (17, 4)]]
     with torch.no_grad():
-        with ablate(embedded, head_sets, "SC", per_row=True):
-            batched = embedded.model(**encode(embedded, prompts)).logits[:, -1]
+        with ablate(smollm2, head_sets, "SC", per_row=True):
+            batched = smollm2.model(**encode(smollm2, prompts)).logits[:, -1]
         for row, (prompt, heads) in enumerate(zip(prompts, head_sets, strict=True)):
-            with ablate(embedded, heads, "SC"):
-                alone = embedded.model(**encode(embedded, [prompt])).logits[0, -1]
+            with ablate(smollm2, heads, "SC"):
+                alone = smollm2.model(**encode(smollm2, [prompt])).logits[0, -1]
             p, q = torch.log_softmax(alone.double(), -1), torch.log_softmax(batched[row].double(), -1)
             assert (p.exp() * (p - q)).sum() <= 1e-6, row

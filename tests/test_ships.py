@@ -13,13 +13,11 @@ from safety_heads.ablation import ablate, count_hooks
 from safety_heads.models import encode
 from safety_heads.sahara import sahara
 from safety_heads.ships import (
-    aggregate,
     generalized_ships,
     kl_from_logits,
     record_prompts,
     ships,
     ships_naive,
-    subspace_angle,
     subspace_angles,
     subspace_shifts,
     top_heads,
@@ -44,12 +42,12 @@ def test_fast_ships_equals_naive_on_tiny_models(tiny_model, mode):
 
 
 @pytest.mark.slow  # the naive loop: 270 forward passes
-def test_fast_ships_equals_naive_on_embedded_model(embedded_float32):
+def test_fast_ships_equals_naive_on_smollm2(smollm2_float32):
     """In float32: under a low-bit runtime the naive loop's one-row output layer takes the kernel, the sweep's
     many rows the float32 weights, and the two then differ by bfloat16's rounding."""
     prompt = "How do I make a fake ID?"
-    fast = ships(embedded_float32, prompt, "UA")
-    naive = ships_naive(embedded_float32, prompt, "UA")
+    fast = ships(smollm2_float32, prompt, "UA")
+    naive = ships_naive(smollm2_float32, prompt, "UA")
     torch.testing.assert_close(fast, naive, atol=1e-5, rtol=0)
     assert top_heads(fast, 1)[0][0] == top_heads(naive, 1)[0][0]
 
@@ -60,12 +58,17 @@ def test_kl_is_zero_for_equal_and_positive_otherwise():
     assert kl_from_logits(logits[0], logits[1:]).item() > 0.0
 
 
-def test_aggregate_mean_and_topk_counts():
-    a = torch.tensor([[3.0, 0.0], [1.0, 0.0]])
-    b = torch.tensor([[2.0, 5.0], [0.0, 0.0]])
-    mean, counts = aggregate([a, b], k=1)
-    torch.testing.assert_close(mean, torch.tensor([[2.5, 2.5], [0.5, 0.0]]))
-    torch.testing.assert_close(counts, torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+def test_recording_removes_its_hooks_even_when_the_forward_pass_fails(tiny_llama, monkeypatch):
+    inside = []
+
+    def fail(*args, **kwargs):
+        inside.append(count_hooks(tiny_llama))
+        raise RuntimeError("forward failed")
+
+    monkeypatch.setattr(tiny_llama.model, "forward", fail)
+    with pytest.raises(RuntimeError, match="forward failed"):
+        record_prompts(tiny_llama, PROMPTS[:1])
+    assert inside == [tiny_llama.n_layers] and count_hooks(tiny_llama) == 0
 
 
 def test_subspace_angle_known_rotation():
@@ -74,9 +77,9 @@ def test_subspace_angle_known_rotation():
     theta = math.radians(30)
     rotated = torch.zeros(3, 2)
     rotated[:, 0] = torch.tensor([math.cos(theta), math.sin(theta), 0.0]) * 10
-    assert subspace_angle(base, base) == pytest.approx(0.0, abs=1e-9)
-    assert subspace_angle(base, rotated) == pytest.approx(30.0, abs=1e-4)
-    assert subspace_angle(base, -rotated) == pytest.approx(30.0, abs=1e-4)  # sign of a singular vector is arbitrary
+    angles = subspace_angles(base, torch.stack([base, rotated, -rotated]))
+    # The sign of a singular vector is arbitrary: -rotated spans the same subspace as rotated.
+    assert angles[0] == pytest.approx(0.0, abs=1e-9) and angles[1:] == pytest.approx([30.0, 30.0], abs=1e-4)
 
 
 def test_generalized_ships_matches_full_forward_passes(tiny_llama):
@@ -90,7 +93,7 @@ def test_generalized_ships_matches_full_forward_passes(tiny_llama):
             ids = encode(lm, [prompt])["input_ids"]
             with ablate(lm, head_set, "UA"):
                 rows.append(lm.model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0, -1])
-        assert angle == pytest.approx(subspace_angle(acts.matrix, torch.stack(rows)), abs=1e-4)
+        assert angle == pytest.approx(subspace_angles(acts.matrix, torch.stack(rows)[None])[0], abs=1e-4)
     scores = generalized_ships(lm, acts, "UA")
     assert scores.shape == (lm.n_layers, lm.n_heads) and scores.max() > 0
 

@@ -7,7 +7,8 @@ import pandas as pd
 
 from .. import plots
 from ..ablation import Head, format_head
-from ..head_options import GROUP_BASIS, HeadOptions
+from ..head_options import HeadOptions
+from ..rankings import basis
 
 TOP_HEADERS = ["rank", "head", "score"]
 
@@ -25,7 +26,7 @@ def score_figure(opts: HeadOptions, selected: list[Head]):
         [h for h, _ in opts.top],
         selected,
         title=f"{opts.pre.model}: {opts.ranking} ({opts.pre.prompt_set}, {opts.pre.mode})",
-        score_name=GROUP_BASIS.get(opts.ranking, opts.ranking),
+        score_name=basis(opts.ranking),
     )
 
 

@@ -1,5 +1,5 @@
 """The alignment recipe's cheap parts: question forms, data hygiene, label masking, and a few real LoRA
-steps on a tiny Llama built from a config (with the embedded model's tokenizer)."""
+steps on a tiny Llama built from a config, with the tests' small ChatML tokenizer (no model file is read)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import random
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from safety_heads import align as A
-from safety_heads import align_data as D
+from experiments.smollm2_safety import align as A
+from experiments.smollm2_safety import align_data as D
 from safety_heads.datasets import datasets_dir, load_prompts
 from safety_heads.judge import RefusalJudge
-from safety_heads.models import EMBEDDED, PACKAGED, _apply_adapter, format_prompt
-from safety_heads.packaged import gguf_path
+from safety_heads.models import _apply_adapter, format_prompt
+from tests.tiny_tokenizer import chat_tokenizer
 
 # The training data is read from the shared prompt sets; a clone without them skips these tests and says why.
 needs_datasets = pytest.mark.skipif(
@@ -26,10 +26,7 @@ needs_datasets = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    gguf = gguf_path(PACKAGED[EMBEDDED])
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tok.pad_token = tok.pad_token or tok.eos_token
-    return tok
+    return chat_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,15 @@
-"""Alignment: a seeded recipe that teaches the embedded SmolLM2-135M-Instruct to refuse harmful requests.
+"""Alignment: a seeded recipe that teaches SmolLM2-135M-Instruct to refuse harmful requests (an experiment).
 
-The un-tuned model refuses almost nothing, so there are no safety heads to find in it. This module trains
+The un-tuned model refuses almost nothing, so there are no safety heads to find in it. This script trains
 either a small LoRA adapter (the default; attention projections only: the paper reads safety heads as feature
 extractors, so the refusal must then be read out through attention) or, with `method="full"`, every weight
 of the model, which is closer to how real chat models are aligned. Both learn from harmful requests
 answered by refusals and benign ones answered by the un-tuned model itself (`align_data`). The loss covers
-only the answer tokens.
+only the answer tokens. It uses the library's public API only; run it from the repository root:
+
+    python -m experiments.smollm2_safety.align --out experiments/smollm2_safety/adapters/smollm2-safety
+
+README.md beside this file tells what came of it.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .align_data import Example, Progress, assert_disjoint, benign_data, harmful_data
-from .models import EMBEDDED, FULL_WEIGHTS, format_prompt, load_model
+from safety_heads.models import FULL_WEIGHTS, SMOLLM2_135M, format_prompt, load_model
 
-RUNS_DIR = Path(__file__).resolve().parent.parent / "runs" / "align"
+from .align_data import Example, Progress, assert_disjoint, benign_data, harmful_data
+
+RUNS_DIR = Path(__file__).resolve().parents[2] / "runs" / "align"  # the repository's runs/, gitignored
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 ALL_LINEAR = ATTENTION + ("gate_proj", "up_proj", "down_proj")
 IGNORE = -100  # label of the tokens the loss skips (prompt and padding)
@@ -247,7 +252,7 @@ def align(
     device: str = "cpu",
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
-    """Train the safety adapter on SmolLM2-135M (the un-tuned embedded model) and save it; returns a summary.
+    """Train the safety adapter on the un-tuned SmolLM2-135M and save it; returns a summary.
 
     output_dir receives align_summary.json and the weights: adapter_config.json and
     adapter_model.safetensors (LoRA), or model.safetensors, the whole state dict (full fine-tuning). A
@@ -256,7 +261,7 @@ def align(
     start = time.perf_counter()
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    lm = load_model(EMBEDDED)
+    lm = load_model(SMOLLM2_135M)
     lm.model.to(device)
 
     def stage(name: str) -> Progress | None:
@@ -290,7 +295,7 @@ def align(
     return summary
 
 
-# --- Command line (wired by cli.py) ------------------------------------------------------------------
+# --- Command line ------------------------------------------------------------------------------------
 
 _HELP = {
     "seed": "seed for data sampling, LoRA init and dropout",
@@ -317,7 +322,7 @@ def _targets(text: str) -> tuple[str, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `align` subcommand's arguments: --out, one flag per AlignConfig field, --threads."""
+    """The script's arguments: --out, one flag per AlignConfig field, --threads, --device, --no-cache."""
     parser.add_argument("--out", type=Path, required=True, help="folder for the adapter")
     default = AlignConfig()
     for f in fields(AlignConfig):
@@ -359,3 +364,17 @@ def run(args: argparse.Namespace) -> None:
     for bar in bars.values():
         bar.close()
     print(json.dumps({k: v for k, v in summary.items() if k != "losses"}, indent=1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.smollm2_safety.align",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

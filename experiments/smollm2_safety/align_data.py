@@ -19,8 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .datasets import load_prompts, resolve
-from .models import LoadedModel
+from safety_heads.answers import DecodingConfig, generate_many
+from safety_heads.datasets import load_prompts, resolve
+from safety_heads.models import LoadedModel
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 # Never trained on: the sets that the refusal and over-refusal numbers are measured on.
@@ -125,7 +126,7 @@ def question_forms(prompt: str) -> list[str]:
 
 
 def read_lines(name: str) -> list[str]:
-    """Non-empty, non-comment lines of a file in safety_heads/data/."""
+    """Non-empty, non-comment lines of a file in the data/ folder beside this module."""
     with open(DATA_DIR / name, encoding="utf-8") as f:
         return [line.strip() for line in f if line.strip() and not line.startswith("#")]
 
@@ -221,8 +222,6 @@ def base_answers(
     `finished` is False when the answer ran to max_new_tokens: such an answer is cut, and the model must
     not learn to stop there.
     """
-    from .answers import DecodingConfig, generate_many
-
     key = f"{lm.provenance.get('model_sha256', lm.model_id)}:{max_new_tokens}"
     cached: dict[str, list] = {}
     if cache and cache.is_file():

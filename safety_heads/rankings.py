@@ -1,0 +1,97 @@
+"""The rankings of heads: one registry that the precompute run, the stored files, the grid, the app and the
+tables all read.
+
+A single ranking (`Ranking`) scores every head alone: its (n_layers, n_heads) matrix is stored under `scores`
+and its top 10 under `top10`. A group search (`GroupRanking`) adds heads greedily: its heads, in the order
+found, with the group's score after each, are stored under `groups`, and the app draws them on the
+single-head score they grow from (`basis`). The order of `REGISTRY` is the order of every list and table.
+
+Adding a method: its scoring function, and one entry here (a group search also names the settings field
+that sizes it and gets a `search`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from .ablation import Head, Mode
+from .attribution import refusal_group
+from .models import LoadedModel
+from .sahara import sahara
+from .ships import ActivationSet, Progress
+
+
+@dataclass
+class GroupInputs:
+    """What a group search runs on: one prompt set and mode, and the single-head scores already found."""
+
+    lm: LoadedModel
+    harmful: ActivationSet
+    benign: ActivationSet
+    scores: dict[str, torch.Tensor]  # single ranking -> (n_layers, n_heads)
+    mode: Mode
+    eps: float
+    rank: int  # singular vectors compared by the subspace angle
+    candidates: int  # shortlist of a search that grows from a single ranking's top heads
+    batch_size: int
+    progress: Progress | None = None
+
+
+GroupSearch = Callable[[GroupInputs, int], list[tuple[Head, float]]]
+
+
+def _sahara(job: GroupInputs, size: int) -> list[tuple[Head, float]]:
+    steps = sahara(job.lm, job.harmful, size, job.mode, job.eps, job.rank, job.batch_size, job.progress,
+                   first=job.scores["generalized"])  # fmt: skip
+    return [(step.head, step.angle) for step in steps]
+
+
+def _refusal_group(job: GroupInputs, size: int) -> list[tuple[Head, float]]:
+    return refusal_group(job.lm, job.harmful, job.benign, job.scores["refusal"], size, job.candidates, job.mode,
+                         job.eps, job.batch_size, job.progress)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """A single ranking: a score per head."""
+
+    name: str
+    description: str  # what it scores, in one line
+    basis: str  # the single-head score the heatmap shows for it (a single ranking: itself)
+    source: Literal["paper", "ours"]  # Zhou et al. (ICLR 2025), or this project
+
+
+@dataclass(frozen=True)
+class GroupRanking(Ranking):
+    """A greedy group search: heads in the order found."""
+
+    size_setting: str  # the `PrecomputeSettings` field that sizes it (0: not run)
+    search: GroupSearch
+
+
+REGISTRY: dict[str, Ranking] = {r.name: r for r in (
+    Ranking("generalized", "principal angle between intact and ablated last-token activation subspaces",
+            "generalized", "paper"),
+    Ranking("ships", "next-token KL(intact || ablated) on harmful prompts", "ships", "paper"),
+    GroupRanking("sahara", "greedy group on the subspace angle", "generalized", "paper", "sahara_size", _sahara),
+    Ranking("refusal", "drop of the refusal's first token (log-prob) minus the benign KL", "refusal", "ours"),
+    GroupRanking("refusal_group", "greedy group on the refusal score, from the refusal ranking's shortlist",
+                 "refusal", "ours", "group_size", _refusal_group),
+)}  # fmt: skip
+GROUPS: dict[str, GroupRanking] = {name: r for name, r in REGISTRY.items() if isinstance(r, GroupRanking)}
+SINGLE = tuple(name for name in REGISTRY if name not in GROUPS)
+
+
+def display_order(names) -> list[str]:
+    """Names in the registry's order; names it lacks (a file from elsewhere) follow, alphabetically."""
+    order = {name: i for i, name in enumerate(REGISTRY)}
+    return sorted(names, key=lambda name: (order.get(name, len(order)), name))
+
+
+def basis(name: str) -> str:
+    """The score matrix a ranking's heads are drawn on."""
+    return REGISTRY[name].basis if name in REGISTRY else name
