@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Literal, TypedDict
 
 import gradio as gr
 
@@ -47,6 +48,14 @@ except ImportError:
 
     def gpu(fn):
         return fn
+
+
+class EventOptions(TypedDict, total=False):
+    """Options that several event listeners share (see the wiring), typed as Gradio's listeners take them."""
+
+    concurrency_limit: int
+    concurrency_id: str
+    api_visibility: Literal["public", "private", "undocumented"]
 
 
 # One-time setup: the allowlist, the model cache (one model per catalog name, shared read-only), the judge.
@@ -236,7 +245,7 @@ with gr.Blocks(title="Safety heads", delete_cache=(3600, 3600)) as demo:
     # Wiring: one statement per event. Model work shares one queue slot; the ablation lock would
     # serialise it anyway, and the queue then tells each user where they stand.
     h, c = heads_panel, compare_panel
-    model_work = {"concurrency_limit": 1, "concurrency_id": "model"}
+    model_work: EventOptions = {"concurrency_limit": 1, "concurrency_id": "model"}
     choice = [model, h.prompt_set, h.mode, h.ranking, h.heads, h.typed_heads]
     selected = [h.heads, h.typed_heads]
     ablation = [h.mode, h.eps]
@@ -257,7 +266,7 @@ with gr.Blocks(title="Safety heads", delete_cache=(3600, 3600)) as demo:
         show_progress="hidden",
     )
     # A row click carries its row in the event data, which API clients cannot send: kept out of the API page.
-    hidden = {"api_visibility": "undocumented"}
+    hidden: EventOptions = {"api_visibility": "undocumented"}
     scores_tab.top_list.select(pick_top_head, [h.heads], [h.heads], api_name="pick_top_head", **hidden)
     live_tab.top_list.select(pick_scored_head, [h.typed_heads], [h.typed_heads], api_name="pick_scored_head", **hidden)
     gr.on(

@@ -108,15 +108,22 @@ def answer_cells(args, lm, summary: dict, answers: dict, done: dict) -> None:
             done["answers"][name] = {"answers": evaluator.answers[key], "surprise": evaluator.surprise[key]}
             refused = behaviour["sets"][prompt_set]["refused_rows"] if prompt_set in SETS else None
             done["sets"][name] = compare_key(evaluator, key, answers[key], limit, refused)
-            f32 = {r.get("subset"): r["coherent_asr"] for r in summary["ablations"]
-                   if (r["ranking"], r["evaluated_on"], r["heads"]) == (ranking, prompt_set, heads)
-                   and (r["mode"] == mode or not heads)}  # fmt: skip
+            f32 = {
+                r.get("subset"): r["coherent_asr"]
+                for r in summary["ablations"]
+                if (r["ranking"], r["evaluated_on"], r["heads"]) == (ranking, prompt_set, heads)
+                and (r["mode"] == mode or not heads)
+            }
             done["sets"][name]["float32_coherent_asr"] = f32 or None
             done["sets"][name]["seconds"] = round(time.perf_counter() - start, 1)
             args.out.write_text(json.dumps(done, indent=1))
             result = done["sets"][name]
-            print(name, f"same label {result['same_label']} of {result['n']}; coherent ASR {result['coherent_asr']}"
-                  f" (float32 {f32}); {result['seconds']} s", flush=True)  # fmt: skip
+            print(
+                name,
+                f"same label {result['same_label']} of {result['n']}; coherent ASR {result['coherent_asr']}"
+                f" (float32 {f32}); {result['seconds']} s",
+                flush=True,
+            )
 
 
 def attribution_tops(args, runtime: str) -> dict:

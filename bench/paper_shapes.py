@@ -45,13 +45,19 @@ from safety_heads.ships import ships, ships_naive, top_heads
 
 VOCAB = 32_000
 COMMON = dict(vocab_size=VOCAB, max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
+
+
+def llama_shape(hidden: int, mlp: int, layers: int, heads: int, kv_heads: int, **extra) -> dict:
+    """A Llama config's shape fields, and any extra field."""
+    names = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+    return dict(zip(names, (hidden, mlp, layers, heads, kv_heads)), **extra)
+
+
+# Hidden size, MLP size, layers, query heads, key/value heads.
 SHAPES = {
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, tie_word_embeddings=True),
-    "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                       num_key_value_heads=32),
-    "llama-2-13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
-                        num_key_value_heads=40),
+    "smollm2-135m": llama_shape(576,  1536,  30, 9,  3, tie_word_embeddings=True),
+    "llama-2-7b":   llama_shape(4096, 11008, 32, 32, 32),
+    "llama-2-13b":  llama_shape(5120, 13824, 40, 40, 40),
 }  # fmt: skip
 # Llama-2-chat's prompt format (a system block inside the first [INST], as Meta's model card describes it).
 LLAMA2_CHAT_TEMPLATE = (
@@ -157,9 +163,11 @@ def load_4bit(folder: Path) -> LoadedModel:
     seconds, lm = timed(lambda: load_model(str(folder), quantize="4bit"))
     q_proj = lm.layers[0].self_attn.q_proj
     assert isinstance(q_proj, bnb.nn.Linear4bit) and q_proj.weight.quant_type == "nf4", type(q_proj)
-    print(f"loaded {folder.name} through load_model(quantize='4bit') in {seconds:.0f} s: {lm.n_layers} layers x "
-          f"{lm.n_heads} heads ({lm.n_kv_heads} key/value), q_proj {type(q_proj).__name__} nf4, compute "
-          f"{q_proj.compute_dtype}, {gib(peak())} on the GPU, bitsandbytes {bnb.__version__}")  # fmt: skip
+    print(
+        f"loaded {folder.name} through load_model(quantize='4bit') in {seconds:.0f} s: {lm.n_layers} layers x "
+        f"{lm.n_heads} heads ({lm.n_kv_heads} key/value), q_proj {type(q_proj).__name__} nf4, compute "
+        f"{q_proj.compute_dtype}, {gib(peak())} on the GPU, bitsandbytes {bnb.__version__}"
+    )
     return lm
 
 
@@ -171,8 +179,10 @@ def part_sweep(lm: LoadedModel) -> None:
     layer, head = some_heads(lm.n_layers)[0]
     with ablate(lm, [(layer, head)], "UA"):
         attention = lm.model(input_ids=ids, output_attentions=True).attentions[layer][0, head].float()
-    print(f"UA on the 4-bit model, head {layer}-{head}: max |attention - uniform| = "
-          f"{(attention - uniform).abs().max().item():.2e}")  # fmt: skip
+    print(
+        f"UA on the 4-bit model, head {layer}-{head}: max |attention - uniform| = "
+        f"{(attention - uniform).abs().max().item():.2e}"
+    )
     for mode in MODES:
         ships(lm, PROMPT, mode)  # warm-up: kernel start-up stays out of the timings
         peak_reset()
@@ -183,9 +193,11 @@ def part_sweep(lm: LoadedModel) -> None:
         naive_peak = peak()
         same = len({h for h, _ in top_heads(fast)} & {h for h, _ in top_heads(naive)})
         diff = (fast - naive).abs().max().item()
-        print(f"Ships sweep {mode}, all {n_heads:,} heads, one prompt of {T} tokens: naive loop {t_naive:.1f} s, "
-              f"fast {t_fast:.2f} s, ratio {t_naive / t_fast:.1f}x; max |fast - naive| {diff:.2e} nats; "
-              f"top-10 shared {same}/10; peak GPU memory fast {gib(fast_peak)}, naive {gib(naive_peak)}")  # fmt: skip
+        print(
+            f"Ships sweep {mode}, all {n_heads:,} heads, one prompt of {T} tokens: naive loop {t_naive:.1f} s, "
+            f"fast {t_fast:.2f} s, ratio {t_naive / t_fast:.1f}x; max |fast - naive| {diff:.2e} nats; "
+            f"top-10 shared {same}/10; peak GPU memory fast {gib(fast_peak)}, naive {gib(naive_peak)}"
+        )
     for batch_size in (64, 256):
         t, _ = timed(lambda b=batch_size: ships(lm, PROMPT, "UA", batch_size=b))
         print(f"  fast sweep UA with {batch_size} ablations per batch: {t:.2f} s")
@@ -258,8 +270,10 @@ def part_app(folder: Path, clients: int = 4, requests: int = 32) -> None:
             job.result()
             total.append(time.perf_counter() - start)
             first.append(seen if seen is not None else total[-1])
-        print(f"/compare, 128 new tokens, 3 heads (3 prompts): first token {statistics.median(first):.2f} s, total "
-              f"{statistics.median(total):.2f} s (medians; all {[round(t, 2) for t in total]})")  # fmt: skip
+        print(
+            f"/compare, 128 new tokens, 3 heads (3 prompts): first token {statistics.median(first):.2f} s, total "
+            f"{statistics.median(total):.2f} s (medians; all {[round(t, 2) for t in total]})"
+        )
         for api_name, args in (
             ("/attention", (model, PROMPT, typed.split(",")[0], "UA", 1e-5)),
             ("/score_prompt", (model, PROMPT, [], typed, "UA", 1e-5)),
@@ -279,16 +293,18 @@ def part_precompute(folder: Path, prompt_set: str, n: int, out: Path, n_benign: 
     from safety_heads.precomputed import path_for
 
     os.environ["SAFETY_HEADS_EXTRA_MODELS"] = str(folder)
-    argv = ["precompute", "--model", str(folder), "--sets", prompt_set, "--modes", *MODES, "-n", str(n),
-            "--n-benign", str(n_benign), "--batch-size", "256", "--out", str(out)]  # fmt: skip
+    argv = ["precompute", "--model", str(folder), "--sets", prompt_set, "--modes", *MODES, "-n", str(n)]
+    argv += ["--n-benign", str(n_benign), "--batch-size", "256", "--out", str(out)]
     print(f"python -m safety_heads {' '.join(argv)}  (batch 256: the sweep part measured it faster here)")
     peak_reset()
     seconds, code = timed(lambda: cli.main(argv))
     assert code == 0, code
     files = {mode: json.loads(path_for(str(folder), prompt_set, mode, out).read_text()) for mode in MODES}
-    print(f"precompute, {n} prompts of {prompt_set} ({n_benign} benign), both modes, every ranking + Sahara (3) "
-          f"+ refusal group (5): {seconds / 60:.1f} min in all (model load included), "
-          f"peak GPU memory {gib(peak())}")  # fmt: skip
+    print(
+        f"precompute, {n} prompts of {prompt_set} ({n_benign} benign), both modes, every ranking + Sahara (3) "
+        f"+ refusal group (5): {seconds / 60:.1f} min in all (model load included), "
+        f"peak GPU memory {gib(peak())}"
+    )
     projected = seconds
     for mode, data in files.items():
         p = data["provenance"]
@@ -308,8 +324,10 @@ def part_scale(work: Path, tokenizer: PreTrainedTokenizerFast, shapes: list[str]
     for shape in shapes:
         rows.append(scale_row(build_checkpoint(work / shape, shape, tokenizer)))
         release()
-    print("| shape | heads | layers | fast sweep, s/prompt | naive loop, s/prompt (one head per layer, scaled) "
-          "| ratio | peak GPU memory |\n| --- | --- | --- | --- | --- | --- | --- |")  # fmt: skip
+    print(
+        "| shape | heads | layers | fast sweep, s/prompt | naive loop, s/prompt (one head per layer, scaled) "
+        "| ratio | peak GPU memory |\n| --- | --- | --- | --- | --- | --- | --- |"
+    )
     for shape, heads, layers, fast, naive, memory in rows:
         print(f"| {shape} | {heads:,} | {layers} | {fast:.2f} | {naive:.1f} | {naive / fast:.0f}x | {gib(memory)} |")
 

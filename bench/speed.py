@@ -25,6 +25,7 @@ import math
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 import scipy.linalg
@@ -84,77 +85,119 @@ def step_bytes(lm: LoadedModel) -> int:
     return total
 
 
-def runtimes(args) -> None:
-    """The runtime table: each measure on float32 and on every low-bit runtime, ratios against float32."""
-    bw = bandwidth()
-    names = ["float32", *args.runtimes]
-    spec = PACKAGED[CATALOG[args.model].source]
+PAIR = "the app's pair, 128 tokens"
+GRID = "grid batch, 16 x 64 tokens"
+Measure = Callable[[LoadedModel], object]
+
+
+def load_runtimes(model: str, names: list[str]) -> tuple[dict[str, tuple[float, float]], dict[str, LoadedModel]]:
+    """The model on each runtime, and its load times in seconds (cold: built from the GGUF; warm: its cache)."""
+    spec = PACKAGED[CATALOG[model].source]
     sha = spec.sha256 or sha256_file(gguf_path(spec))
     loads, models = {}, {}
     for name in names:
         if name != "float32":  # cold: the runtime built from the GGUF, its cache removed first
             shutil.rmtree(weights_cache.cache_folder(sha, name), ignore_errors=True)
-        cold, lm = timed(lambda name=name: load_model(args.model, runtime=name))
+        cold, lm = timed(lambda name=name: load_model(model, runtime=name))
         if name == "float32":
             loads[name], models[name] = (cold, cold), lm  # nothing is cached: every start is this
             continue
         del lm
         gc.collect()
-        warm, models[name] = timed(lambda name=name: load_model(args.model, runtime=name))
+        warm, models[name] = timed(lambda name=name: load_model(model, runtime=name))
         loads[name] = (cold, warm)
-    f32 = models["float32"]
+    return loads, models
+
+
+def runtime_measures(f32: LoadedModel) -> dict[str, Measure]:
+    """What the table times on each runtime, by row name."""
     hint = suggestion(f32.model_id)  # the heads the app ticks on first view; any three elsewhere
     heads, mode = (hint.heads, hint.mode) if hint else (parse_heads("3-1, 7-2, 12-4", f32.n_layers, f32.n_heads), "SC")
     grid_prompts = load_prompts("jailbreakbench", n=16)
-    measures = {
-        "the app's pair, 128 tokens": lambda lm: generate_pair(lm, APP_PROMPT, heads, mode, decoding=DecodingConfig()),
-        "grid batch, 16 x 64 tokens": lambda lm: generate_many(
-            lm, grid_prompts, heads, mode, decoding=DecodingConfig(max_new_tokens=64), batch_size=16
-        ),
+    grid = DecodingConfig(max_new_tokens=64)
+    return {
+        PAIR: lambda lm: generate_pair(lm, APP_PROMPT, heads, mode, decoding=DecodingConfig()),
+        GRID: lambda lm: generate_many(lm, grid_prompts, heads, mode, decoding=grid, batch_size=16),
         "the same 16 in batches of 8": lambda lm: generate_many(
-            lm, grid_prompts, heads, mode, decoding=DecodingConfig(max_new_tokens=64), batch_size=8
+            lm, grid_prompts, heads, mode, decoding=grid, batch_size=8
         ),
         "Ships sweep UA, all heads": lambda lm: ships(lm, PROMPT, "UA"),
         "Ships sweep SC, all heads": lambda lm: ships(lm, PROMPT, "SC"),
     }
-    times: dict[str, dict[str, float]] = {m: {} for m in measures}
+
+
+def time_measures(
+    measures: dict[str, Measure], models: dict[str, LoadedModel], repeats: int
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, object]]]:
+    """Each measure's times and last result, by measure and runtime; the runtimes take turns."""
+    times: dict[str, dict[str, list[float]]] = {m: {} for m in measures}
     results: dict[str, dict[str, object]] = {m: {} for m in measures}
     for measure, fn in measures.items():
-        for _ in range(args.repeats):
-            for name in names:  # alternately, so that a slow spell of the machine hits all alike
-                t, results[measure][name] = timed(lambda fn=fn, name=name: fn(models[name]))
+        for _ in range(repeats):
+            for name, lm in models.items():  # alternately, so that a slow spell of the machine hits all alike
+                t, results[measure][name] = timed(lambda fn=fn, lm=lm: fn(lm))
                 times[measure].setdefault(name, []).append(t)
-    print(f"\nmodel {f32.provenance['model']}; torch threads {torch.get_num_threads()}; "
-          f"memory bandwidth {bw / 1e9:.1f} GB/s (summing 1 GiB)")  # fmt: skip
-    print("| measure | " + " | ".join(names) + " |")
+    return times, results
+
+
+def row(label: str, cells: list[str]) -> None:
+    print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+def vs_float32(seconds: dict[str, float], name: str) -> str:
+    """A runtime's time, with float32's time over it beside every runtime but float32."""
+    ratio = f" ({seconds['float32'] / seconds[name]:.1f}x)" if name != "float32" else ""
+    return f"{seconds[name]:.1f}{ratio}"
+
+
+def print_runtime_table(
+    models: dict[str, LoadedModel],
+    loads: dict[str, tuple[float, float]],
+    times: dict[str, dict[str, list[float]]],
+    bw: float,
+) -> None:
+    names = list(models)
+    model = models["float32"].provenance["model"]
+    bandwidth_note = f"memory bandwidth {bw / 1e9:.1f} GB/s (summing 1 GiB)"
+    print(f"\nmodel {model}; torch threads {torch.get_num_threads()}; {bandwidth_note}")
+    row("measure", names)
     print("| --- |" + " --- |" * len(names))
-    print("| model load, cold (s) | " + " | ".join(f"{loads[n][0]:.1f}" for n in names) + " |")
-    print("| model load, warm (s) | " + " | ".join(f"{loads[n][1]:.1f}" + (
-        f" ({loads['float32'][1] / loads[n][1]:.1f}x)" if n != "float32" else "") for n in names) + " |")  # fmt: skip
-    for measure in measures:
-        med = {n: statistics.median(times[measure][n]) for n in names}
-        cells = [f"{med[n]:.1f}" + (f" ({med['float32'] / med[n]:.1f}x)" if n != "float32" else "") for n in names]
-        print(f"| {measure} (s) | " + " | ".join(cells) + " |")
+    row("model load, cold (s)", [f"{loads[n][0]:.1f}" for n in names])
+    warm = {n: loads[n][1] for n in names}
+    row("model load, warm (s)", [vs_float32(warm, n) for n in names])
+    for measure, by_runtime in times.items():
+        med = {n: statistics.median(by_runtime[n]) for n in names}
+        row(f"{measure} (s)", [vs_float32(med, n) for n in names])
     floor = {n: step_bytes(models[n]) / bw for n in names}
-    print("| weights read per step (MB) | " + " | ".join(f"{step_bytes(models[n]) / 1e6:.0f}" for n in names) + " |")
-    print("| bandwidth floor per step (ms) | " + " | ".join(f"{floor[n] * 1e3:.0f}" for n in names) + " |")
-    pair = "the app's pair, 128 tokens"
-    steps = {n: statistics.median(times[pair][n]) / 128 for n in names}
-    print("| the pair's step (ms), x floor | " + " | ".join(
-        f"{steps[n] * 1e3:.0f} ({steps[n] / floor[n]:.1f}x)" for n in names) + " |")  # fmt: skip
-    for name in args.runtimes:
-        same_pair = results[pair][name] == results[pair]["float32"]
-        grid = "grid batch, 16 x 64 tokens"
-        same_grid = sum(a == b for a, b in zip(results[grid][name], results[grid]["float32"]))
+    row("weights read per step (MB)", [f"{step_bytes(models[n]) / 1e6:.0f}" for n in names])
+    row("bandwidth floor per step (ms)", [f"{floor[n] * 1e3:.0f}" for n in names])
+    steps = {n: statistics.median(times[PAIR][n]) / 128 for n in names}
+    row("the pair's step (ms), x floor", [f"{steps[n] * 1e3:.0f} ({steps[n] / floor[n]:.1f}x)" for n in names])
+
+
+def print_agreement(results: dict[str, dict[str, object]], low_bit: list[str]) -> None:
+    """How far each low-bit runtime's answers and Ships top-10 agree with float32's."""
+    for name in low_bit:
+        same_pair = results[PAIR][name] == results[PAIR]["float32"]
+        same_grid = sum(a == b for a, b in zip(results[GRID][name], results[GRID]["float32"]))
         tops = []
         for mode in ("UA", "SC"):
             ref, got = (results[f"Ships sweep {mode}, all heads"][n] for n in ("float32", name))
             tops.append(len({h for h, _ in top_heads(ref)} & {h for h, _ in top_heads(got)}))
-        print(f"{name}: pair's answers identical to float32's: {same_pair}; grid answers identical: "
-              f"{same_grid} of 16; Ships top-10 kept: UA {tops[0]}, SC {tops[1]}")  # fmt: skip
-    print(f"pair answers (float32): {results[pair]['float32']}")
-    for name in args.runtimes:
-        print(f"pair answers ({name}): {results[pair][name]}")
+        agreement = f"grid answers identical: {same_grid} of 16; Ships top-10 kept: UA {tops[0]}, SC {tops[1]}"
+        print(f"{name}: pair's answers identical to float32's: {same_pair}; {agreement}")
+    print(f"pair answers (float32): {results[PAIR]['float32']}")
+    for name in low_bit:
+        print(f"pair answers ({name}): {results[PAIR][name]}")
+
+
+def runtimes(args) -> None:
+    """The runtime table: each measure on float32 and on every low-bit runtime, ratios against float32."""
+    bw = bandwidth()
+    loads, models = load_runtimes(args.model, ["float32", *args.runtimes])
+    times, results = time_measures(runtime_measures(models["float32"]), models, args.repeats)
+    print_runtime_table(models, loads, times, bw)
+    print_agreement(results, args.runtimes)
 
 
 def svd_angles(base: torch.Tensor, ablated: torch.Tensor, rank: int = 1) -> list[float]:

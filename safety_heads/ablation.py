@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -34,6 +34,8 @@ MODES: tuple[Mode, ...] = ("UA", "SC")
 HookKind = Literal["forward", "forward_pre", "forward_pre_kwargs"]
 DEFAULT_EPS = 1e-5
 MAX_HEADS = 64  # more than any sane ablation; guards the app against "ablate everything" input
+# The attribute that marks a hook function as this library's (see `hooked` and `count_hooks`).
+OUR_HOOK = "safety_heads"
 
 _HEAD_RE = re.compile(r"^\s*[Ll]?(\d+)\s*[-.:/Hh]\s*(\d+)\s*$")
 
@@ -136,7 +138,7 @@ def count_hooks(lm: LoadedModel) -> int:
     Only hooks marked as ours (by `hooked`) count: transformers attaches hooks of its own (to capture outputs).
     """
     return sum(
-        getattr(hook, "safety_heads", False)
+        getattr(hook, OUR_HOOK, False)
         for module in lm.model.modules()
         for hook in (*module._forward_hooks.values(), *module._forward_pre_hooks.values())
     )
@@ -155,7 +157,7 @@ def hooked(lm: LoadedModel, hooks: Iterable[tuple[nn.Module, HookKind, Callable]
         try:
             for module, kind, fn in hooks:
                 # Marked as ours, so that count_hooks tells them from transformers' own hooks.
-                fn.safety_heads = True  # type: ignore[attr-defined]
+                setattr(fn, OUR_HOOK, True)
                 if kind == "forward":
                     handles.append(module.register_forward_hook(fn))
                 else:
@@ -182,7 +184,11 @@ def ablate(
     rather than see each other's ablations.
     """
     eps = check_eps(eps)
-    head_sets = [list(h) for h in heads] if per_row else [list(heads)]
+    # per_row says which of its two shapes `heads` has.
+    if per_row:
+        head_sets = [list(h) for h in cast(Sequence[Iterable[Head]], heads)]
+    else:
+        head_sets = [list(cast(Iterable[Head], heads))]
     for head_set in head_sets:
         for layer, head in head_set:
             if not (0 <= layer < lm.n_layers and 0 <= head < lm.n_heads):

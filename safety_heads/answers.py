@@ -11,14 +11,14 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationMixin, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from .ablation import DEFAULT_EPS, Head, Mode, ablate
-from .models import LoadedModel, Template, encode
+from .models import LoadedModel, Template, decode, encode
 
 MAX_NEW_TOKENS = 512
 Decoding = Literal["greedy", "top-k"]
@@ -52,7 +52,7 @@ class DecodingConfig:
 class RowStreamer(BaseStreamer):
     """Collects the new tokens of every batch row and hands out the decoded texts after each step."""
 
-    def __init__(self, tokenizer, n_rows: int):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, n_rows: int):
         self.tokenizer = tokenizer
         self.tokens: list[list[int]] = [[] for _ in range(n_rows)]
         self.updates: queue.Queue = queue.Queue()
@@ -70,7 +70,7 @@ class RowStreamer(BaseStreamer):
         self.updates.put(None)
 
     def texts(self) -> list[str]:
-        return [self.tokenizer.decode(t, skip_special_tokens=True) for t in self.tokens]
+        return [decode(self.tokenizer, t, skip_special_tokens=True) for t in self.tokens]
 
 
 class StopWhenSet(StoppingCriteria):
@@ -99,14 +99,15 @@ def _generate(
     with ablate(lm, head_sets, mode, eps, per_row=True), torch.no_grad():
         if decoding.strategy == "top-k":
             torch.manual_seed(decoding.seed)
-        out = lm.model.generate(
+        # Every causal LM class mixes in GenerationMixin; PreTrainedModel, as LoadedModel types it, does not.
+        out = cast(GenerationMixin, lm.model).generate(
             **batch,
             **decoding.generate_kwargs(),
             pad_token_id=lm.tokenizer.pad_token_id,
             streamer=streamer,
             stopping_criteria=StoppingCriteriaList([StopWhenSet(stop)]) if stop else None,
         )
-    return [lm.tokenizer.decode(row[prompt_len:], skip_special_tokens=True).strip() for row in out]
+    return [decode(lm.tokenizer, row[prompt_len:], skip_special_tokens=True).strip() for row in out]
 
 
 def generate_pair(

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .ablation import Head, Mode, ablate, check_eps, format_head, parse_heads
-from .models import LoadedModel, Template, encode
+from .models import LoadedModel, Template, decode, encode
 
 MAX_ATTENTION_TOKENS = 128
 
@@ -45,7 +45,7 @@ def attention_pattern(
         ablated = lm.model(**batch, output_attentions=True, use_cache=False).attentions[layer]
     ids = batch["input_ids"][0].tolist()
     start = max(0, len(ids) - max_tokens)
-    tokens = [lm.tokenizer.decode([t]) for t in ids[start:]]
+    tokens = [decode(lm.tokenizer, [t]) for t in ids[start:]]
     crop = slice(start, None)
     return AttentionPattern(
         tokens,

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
 from .ablation import Head, Mode
-from .models import LoadedModel
+from .models import LoadedModel, decode
 from .ships import (
     ActivationSet,
     Progress,
@@ -73,7 +74,8 @@ def benign_kl(
     single = [[h] for h in all_heads(lm)]
     ablated = sweep_prompts(lm, benign, single, mode, eps, batch_size, progress)  # (S, N, d)
     kl = sum(_kl_and_drop(lm, base, ablated[:, n], batch_size)[0] for n, base in enumerate(benign.bases))
-    return (kl / len(benign.bases)).view(lm.n_layers, lm.n_heads)
+    # A sum of tensors (the set has prompts), not sum()'s start value 0.
+    return (cast(torch.Tensor, kl) / len(benign.bases)).view(lm.n_layers, lm.n_heads)
 
 
 @torch.no_grad()
@@ -98,7 +100,7 @@ def attribute(
     refusal_drop = torch.zeros(L * H)
     first_tokens = []
     for n, base in enumerate(harmful.bases):
-        first_tokens.append(lm.tokenizer.decode([int(base.logits.argmax())]))
+        first_tokens.append(decode(lm.tokenizer, [int(base.logits.argmax())]))
         kl, drop = _kl_and_drop(lm, base, ablated[:, n], batch_size)
         ships_scores += kl
         refusal_drop += drop

@@ -44,8 +44,15 @@ class AblationResult:
 
 def row_key(row: dict) -> tuple:
     """What identifies a row of summary.json: a restart skips the rows whose key is there already."""
-    return (row["ranking"], row["mode"], row["heads_from"], row["evaluated_on"], row.get("subset", "all"),
-            row["k"], row.get("draw"))  # fmt: skip
+    return (
+        row["ranking"],
+        row["mode"],
+        row["heads_from"],
+        row["evaluated_on"],
+        row.get("subset", "all"),
+        row["k"],
+        row.get("draw"),
+    )
 
 
 class Evaluator:
@@ -74,9 +81,15 @@ class Evaluator:
         key = (prompt_set, mode if heads else "-", tuple(sorted(heads)))
         if key not in self.verdicts:
             answers = generate_many(
-                self.lm, self.prompt_sets[prompt_set], list(heads), mode, self.eps, self.template,
-                self.decoding, self.batch_size,
-            )  # fmt: skip
+                self.lm,
+                self.prompt_sets[prompt_set],
+                list(heads),
+                mode,
+                self.eps,
+                self.template,
+                self.decoding,
+                self.batch_size,
+            )
             prompts = self.prompt_sets[prompt_set]
             verdicts, self.surprise[key] = judge_answers(
                 self.lm, self.judge, prompts, answers, self.surprise_limit, self.template, self.batch_size
@@ -102,12 +115,25 @@ class Evaluator:
         rows = []
         for subset, indices in (subsets or {"all": None}).items():
             result = self.run(evaluated_on, heads, mode, indices)
-            rows.append(AblationResult(
-                ranking, mode, heads_from, evaluated_on, subset, len(heads), [list(h) for h in heads],
-                result.asr, result.coherent_asr, result.degenerate,
-                safe.refusal if safe else None, safe.opening_refusal if safe else None,
-                safe.degenerate if safe else None, draw, self.lm.provenance.get("runtime", "float32"),
-            ))  # fmt: skip
+            rows.append(
+                AblationResult(
+                    ranking,
+                    mode,
+                    heads_from,
+                    evaluated_on,
+                    subset,
+                    len(heads),
+                    [list(h) for h in heads],
+                    result.asr,
+                    result.coherent_asr,
+                    result.degenerate,
+                    safe.refusal if safe else None,
+                    safe.opening_refusal if safe else None,
+                    safe.degenerate if safe else None,
+                    draw,
+                    self.lm.provenance.get("runtime", "float32"),
+                )
+            )
         return rows
 
 

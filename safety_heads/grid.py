@@ -50,8 +50,10 @@ class Cell:
 
     def keys(self, subsets) -> set[tuple]:
         """The summary rows this cell writes, one per subset (see `evaluation.row_key`)."""
-        return {(self.ranking, self.mode, self.heads_from, self.evaluated_on, subset, len(self.heads), self.draw)
-                for subset in subsets}  # fmt: skip
+        return {
+            (self.ranking, self.mode, self.heads_from, self.evaluated_on, subset, len(self.heads), self.draw)
+            for subset in subsets
+        }
 
 
 def plan(s: PrecomputeSettings, lm: LoadedModel, results: dict[tuple[str, Mode], Precomputed]) -> Iterator[Cell]:
@@ -99,10 +101,13 @@ def open_summary(s: PrecomputeSettings, lm: LoadedModel, path: Path, sets: dict,
     """summary.json as a restart continues it: its rows if measured with these settings (else a stop, before
     any is touched), a fresh one where there is none; the coherence limit and the provenance filled in."""
     settings = {
-        "eps": s.eps, "template": s.template, "n": s.n, "xstest_per_type": s.xstest_per_type,
+        "eps": s.eps,
+        "template": s.template,
+        "n": s.n,
+        "xstest_per_type": s.xstest_per_type,
         "decoding": {"strategy": "greedy", "max_new_tokens": s.max_new_tokens},
         "runtime": lm.provenance.get("runtime", "float32"),
-    }  # fmt: skip
+    }
     summary = json.loads(path.read_text()) if path.is_file() else {}
     if "settings" in summary:  # summaries from before the low-bit runtimes were all made in float32
         summary["settings"].setdefault("runtime", "float32")
@@ -147,8 +152,15 @@ def evaluate_all(
         keys = cell.keys(subsets[cell.evaluated_on])
         if keys <= done:
             continue
-        rows = evaluator.ablation(cell.ranking, cell.mode, cell.heads_from, cell.evaluated_on, cell.heads,
-                                  draw=cell.draw, subsets=subsets[cell.evaluated_on])  # fmt: skip
+        rows = evaluator.ablation(
+            cell.ranking,
+            cell.mode,
+            cell.heads_from,
+            cell.evaluated_on,
+            cell.heads,
+            draw=cell.draw,
+            subsets=subsets[cell.evaluated_on],
+        )
         summary["ablations"] += [row.to_json() for row in rows if row.key() not in done]
         done |= keys
         if cell.ranking == "none":
@@ -157,8 +169,11 @@ def evaluate_all(
                 summary.setdefault(name, {})[cell.evaluated_on] = getattr(intact, name)
         write_json(path, summary)
         _append_answers(path.with_name("answers.jsonl"), evaluator, written)
-        print(f"  {cell.ranking} {cell.mode} k={len(cell.heads)} {cell.heads_from} → {cell.evaluated_on}: "
-              + "; ".join(f"{r.subset} coherent ASR {r.coherent_asr:.2f}" for r in rows), file=sys.stderr)  # fmt: skip
+        print(
+            f"  {cell.ranking} {cell.mode} k={len(cell.heads)} {cell.heads_from} → {cell.evaluated_on}: "
+            + "; ".join(f"{r.subset} coherent ASR {r.coherent_asr:.2f}" for r in rows),
+            file=sys.stderr,
+        )
     return path
 
 

@@ -116,8 +116,11 @@ def suggestion(model: str, root: Path | None = None) -> Suggestion | None:
         cells.items(), key=lambda cell: (len(cell[1]), np.mean([r["coherent_asr"] for r in cell[1]]), -cell[0][2])
     )
     row = next((r for r in found if r["heads_from"] == "jailbreakbench"), found[0])
-    random = [r["coherent_asr"] for r in refused if (r["ranking"], r["mode"], r["k"], r["evaluated_on"])
-              == ("random", mode, k, row["evaluated_on"])]  # fmt: skip
+    random = [
+        r["coherent_asr"]
+        for r in refused
+        if (r["ranking"], r["mode"], r["k"], r["evaluated_on"]) == ("random", mode, k, row["evaluated_on"])
+    ]
     heads = [(layer, head) for layer, head in row["heads"]]
     against = f", {k} random heads {np.mean(random):.2f}" if random else ""
     note = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import unicodedata
 from collections.abc import Sequence
+from typing import Literal, overload
 
 from .ablation import Head, format_head, parse_heads
 from .models import LoadedModel
@@ -29,10 +30,18 @@ def check_prompt(prompt: object) -> str:
     return prompt
 
 
+@overload
+def to_number(value: object, name: str, integer: Literal[True]) -> int: ...
+
+
+@overload
+def to_number(value: object, name: str, integer: Literal[False] = False) -> float: ...
+
+
 def to_number(value: object, name: str, integer: bool = False) -> float | int:
     """A widget's number as float (or int); an emptied field, text, NaN or infinity is refused by name."""
     try:
-        number = float(value)  # type: ignore[arg-type]
+        number = float(value)  # type: ignore[arg-type]  # any widget value: the TypeError is the check
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number; got {value!r}") from None
     if not math.isfinite(number):

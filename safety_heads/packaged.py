@@ -15,6 +15,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 CHUNK = 1 << 20
 
@@ -72,7 +73,8 @@ def package_file(spec: PackagedGGUF, package: str) -> tuple[Path, int, str]:
             f"{spec.install_command((package,))}"
         )
     record = files[0]
-    digest = base64.urlsafe_b64decode(record.hash.value + "=" * (-len(record.hash.value) % 4)).hex()
+    encoded = cast(importlib.metadata.FileHash, record.hash).value  # the filter above kept files with a hash
+    digest = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).hex()
     return Path(record.locate()), int(record.size or 0), digest
 
 

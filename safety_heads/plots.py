@@ -25,8 +25,10 @@ TOP_COLOR = "#111111"
 SELECTED_COLOR = "#e4002b"
 BAR_COLORS = ("#4c78a8", "#e4572e", "#9d9d9d")
 # As in the paper: circles for undifferentiated attention, crosses for scaling contribution.
-MODE_MARKERS = {"UA": ("circle", "UA top-10 (circles): undifferentiated attention"),
-                "SC": ("x", "SC top-10 (crosses): scaling contribution")}  # fmt: skip
+MODE_MARKERS = {
+    "UA": ("circle", "UA top-10 (circles): undifferentiated attention"),
+    "SC": ("x", "SC top-10 (crosses): scaling contribution"),
+}
 MODEL_MARKERS = (("circle", "#5b2a86"), ("x", "#d4a106"), ("diamond", "#1b9e77"), ("triangle-up", "#e7298a"))
 
 

@@ -94,9 +94,13 @@ def attribute_all(s: PrecomputeSettings, lm: LoadedModel, run: Invocation) -> di
 
 
 def search_groups(
-    s: PrecomputeSettings, lm: LoadedModel, result: Precomputed, harmful: list[str], benign: ActivationSet,
+    s: PrecomputeSettings,
+    lm: LoadedModel,
+    result: Precomputed,
+    harmful: list[str],
+    benign: ActivationSet,
     command: str,
-) -> None:  # fmt: skip
+) -> None:
     """Every group search of the registry whose size is set, on the first --group-n harmful and
     --group-n-benign benign prompts. Provenance is merged, so a later run of one search keeps the record of
     the others."""
@@ -105,15 +109,23 @@ def search_groups(
         return
     acts = record_prompts(lm, harmful[: s.group_n], s.template)
     inputs = GroupInputs(
-        lm, acts, ActivationSet(benign.bases[: s.group_n_benign]),
+        lm,
+        acts,
+        ActivationSet(benign.bases[: s.group_n_benign]),
         {name: torch.tensor(result.scores[name]) for name in SINGLE if name in result.scores},
-        result.mode, s.eps, s.rank, s.group_candidates, s.batch_size,
-    )  # fmt: skip
+        result.mode,
+        s.eps,
+        s.rank,
+        s.group_candidates,
+        s.batch_size,
+    )
     record = result.provenance.setdefault("groups", {})
     record.update(
-        harmful_prompts=len(acts.bases), benign_prompts=len(inputs.benign.bases), candidates=s.group_candidates,
+        harmful_prompts=len(acts.bases),
+        benign_prompts=len(inputs.benign.bases),
+        candidates=s.group_candidates,
         first_head="the single-head ranking's top head, from all the attribution prompts",
-    )  # fmt: skip
+    )
     for name, size in sizes.items():
         if size:
             start = time.time()
@@ -134,7 +146,7 @@ def run(s: PrecomputeSettings) -> None:
     # The low-bit runtimes are CPU kernels: an embedded model sent to a GPU runs in float32 there.
     lm = load_catalog_model(s.model, s.runtime or ("float32" if s.device != "cpu" else None))
     if not getattr(lm.model, "is_loaded_in_4bit", False):  # 4-bit models are placed on the GPU at load time
-        lm.model.to(s.device)
+        lm.model.to(s.device)  # type: ignore[arg-type]  # transformers' @wraps types `to` unbound (self first)
     print(f"{lm.model_id} on {s.device} ({platform.node()}), code {invocation.code_version}", file=sys.stderr)
     if s.reuse:
         results = {(p, m): load(lm.model_id, p, m, s.out) for p in s.head_sets() for m in s.modes}

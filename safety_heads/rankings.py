@@ -45,14 +45,33 @@ GroupSearch = Callable[[GroupInputs, int], list[tuple[Head, float]]]
 
 
 def _sahara(job: GroupInputs, size: int) -> list[tuple[Head, float]]:
-    steps = sahara(job.lm, job.harmful, size, job.mode, job.eps, job.rank, job.batch_size, job.progress,
-                   first=job.scores["generalized"])  # fmt: skip
+    steps = sahara(
+        job.lm,
+        job.harmful,
+        size,
+        job.mode,
+        job.eps,
+        job.rank,
+        job.batch_size,
+        job.progress,
+        first=job.scores["generalized"],
+    )
     return [(step.head, step.angle) for step in steps]
 
 
 def _refusal_group(job: GroupInputs, size: int) -> list[tuple[Head, float]]:
-    return refusal_group(job.lm, job.harmful, job.benign, job.scores["refusal"], size, job.candidates, job.mode,
-                         job.eps, job.batch_size, job.progress)  # fmt: skip
+    return refusal_group(
+        job.lm,
+        job.harmful,
+        job.benign,
+        job.scores["refusal"],
+        size,
+        job.candidates,
+        job.mode,
+        job.eps,
+        job.batch_size,
+        job.progress,
+    )
 
 
 @dataclass(frozen=True)

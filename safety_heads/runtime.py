@@ -22,8 +22,9 @@ output projection's input) see the same float activations at the same places as 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +73,11 @@ class Int4Linear(LowBitLinear):
     sums one int4 pass (codes of ≤ 4 bits) or two (a low and a high nibble), each in torch's format:
     w = (c - 8) * scale + zero, scale and zero in bfloat16."""
 
+    # Buffers (registered in __init__, saved in the cache): the GGUF's codes and per-group scale and offset.
+    codes: torch.Tensor  # (N, K) uint8
+    scale: torch.Tensor  # (N, K / 32) float32
+    offset: torch.Tensor  # (N, K / 32) float32
+
     def __init__(self, in_features: int, out_features: int, bits: int, bias: bool):
         super().__init__()
         self.in_features, self.out_features, self.bits = in_features, out_features, bits
@@ -89,7 +95,7 @@ class Int4Linear(LowBitLinear):
         module.scale.copy_(torch.from_numpy(groups.scale))
         module.offset.copy_(torch.from_numpy(groups.offset))
         if bias is not None:
-            module.bias.copy_(bias)
+            cast(torch.Tensor, module.bias).copy_(bias)  # made with a bias buffer just above
         return module.pack()
 
     def pack(self) -> Int4Linear:
@@ -122,7 +128,9 @@ class Int4Linear(LowBitLinear):
         return self
 
     def low_bit(self, flat: torch.Tensor) -> torch.Tensor:
-        return sum(torch._weight_int4pack_mm_for_cpu(flat, p, GROUP, sz).float() for p, sz in self.passes)
+        # A sum of tensors (there is always at least one pass), not sum()'s start value 0.
+        out = sum(torch._weight_int4pack_mm_for_cpu(flat, p, GROUP, sz).float() for p, sz in self.passes)
+        return cast(torch.Tensor, out)
 
     def kernel_bytes(self) -> int:
         return sum(p.numel() * p.element_size() + sz.numel() * sz.element_size() for p, sz in self.passes)
@@ -144,7 +152,7 @@ class Int8Linear(LowBitLinear):
         module = cls(weight.shape[1], weight.shape[0], bias is not None)
         module.weight.copy_(weight)
         if bias is not None:
-            module.bias.copy_(bias)
+            cast(torch.Tensor, module.bias).copy_(bias)  # made with a bias buffer just above
         return module.pack()
 
     def pack(self) -> Int8Linear:
@@ -243,7 +251,7 @@ def swap_linears(
     return new
 
 
-def replace_modules(model: nn.Module, modules: dict[str, nn.Module]) -> None:
+def replace_modules(model: nn.Module, modules: Mapping[str, nn.Module]) -> None:
     """Put each module in place of the one of that name (e.g. `model.layers.3.self_attn.q_proj`)."""
     for name, module in modules.items():
         parent, _, child = name.rpartition(".")

@@ -25,8 +25,14 @@ from .rankings import REGISTRY
 from .runtime import RUNTIMES, runtime_help
 
 
-def setting(description: str, default: Any = dataclasses.MISSING, *, flag: str | None = None,
-            choices: typing.Sequence | None = None, factory: Any = dataclasses.MISSING) -> Any:  # fmt: skip
+def setting(
+    description: str,
+    default: Any = dataclasses.MISSING,
+    *,
+    flag: str | None = None,
+    choices: typing.Sequence | None = None,
+    factory: Any = dataclasses.MISSING,
+) -> Any:
     """A described field; `flag` where the option is not `--the-field-name`."""
     metadata = {"help": description, "flag": flag, "choices": choices}
     return field(default=default, default_factory=factory, metadata=metadata)
@@ -46,8 +52,9 @@ class ModelSettings:
     runtime: str | None = setting(runtime_help(), None, choices=list(RUNTIMES))
     template: Template = setting("how a prompt is put to the model", "chat", choices=TEMPLATES)
     out: Path = setting("the precomputed/ folder results are read from and written to", PRECOMPUTED_DIR)
-    benign: str = setting("benign prompt set: the refusal score's penalty and the coherence calibration",
-                          "alpaca_seed_tasks")  # fmt: skip
+    benign: str = setting(
+        "benign prompt set: the refusal score's penalty and the coherence calibration", "alpaca_seed_tasks"
+    )
     n_benign: int = setting("benign prompts", 50)
 
 

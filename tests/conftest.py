@@ -94,10 +94,9 @@ def tiny(tokenizer: PreTrainedTokenizerBase, config) -> LoadedModel:
 
 
 def _shape(vocab_size: int) -> dict:
-    return dict(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2,
-    )  # fmt: skip
+    sizes = dict(hidden_size=64, intermediate_size=128, max_position_embeddings=1024)
+    layout = dict(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2)
+    return dict(vocab_size=vocab_size, initializer_range=0.2, **sizes, **layout)
 
 
 @pytest.fixture(scope="session")

@@ -62,9 +62,16 @@ def write_fixture(root: Path, model: str = MODEL) -> None:
             name: [(layer, head, matrix[layer][head]) for layer, head in FIXTURE_TOP] for name, matrix in scores.items()
         }
         pre = Precomputed(
-            model, prompt_set, "UA", N_LAYERS, N_HEADS, scores, top10,
-            provenance={"eps": 1e-5, "prompt_set": {"n": 4}}, command="fixture",
-        )  # fmt: skip
+            model,
+            prompt_set,
+            "UA",
+            N_LAYERS,
+            N_HEADS,
+            scores,
+            top10,
+            provenance={"eps": 1e-5, "prompt_set": {"n": 4}},
+            command="fixture",
+        )
         save(pre, root)
 
 
@@ -258,9 +265,16 @@ def rows(table) -> list[list]:
 def test_api_names_are_all_explicit(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     expected = {
-        "/load_model", "/head_options", "/selection", "/compare", "/attention", "/score_prompt", "/evaluate",
-        "/top10_by_set", "/top10_by_model",
-    }  # fmt: skip
+        "/load_model",
+        "/head_options",
+        "/selection",
+        "/compare",
+        "/attention",
+        "/score_prompt",
+        "/evaluate",
+        "/top10_by_set",
+        "/top10_by_model",
+    }
     assert expected <= names, expected - names
     # The row-click handlers are named too, but undocumented: a click's row cannot come through the API.
     config = httpx.get(client.src.rstrip("/") + "/config", timeout=10).json()

@@ -83,10 +83,17 @@ def test_random_heads_draw_the_precomputed_controls_again():
 
 def test_precomputed_roundtrip_and_corruption(tmp_path):
     result = Precomputed(
-        model="m", prompt_set="jailbreakbench", mode="UA", n_layers=2, n_heads=2,
-        scores={"ships": [[0.1, 0.2], [0.3, 0.4]]}, top10={"ships": [(1, 1, 0.4), (1, 0, 0.3)]},
-        groups={"sahara": [(1, 1, 12.0)]}, provenance={"eps": 1e-5}, command="python -m safety_heads precompute",
-    )  # fmt: skip
+        model="m",
+        prompt_set="jailbreakbench",
+        mode="UA",
+        n_layers=2,
+        n_heads=2,
+        scores={"ships": [[0.1, 0.2], [0.3, 0.4]]},
+        top10={"ships": [(1, 1, 0.4), (1, 0, 0.3)]},
+        groups={"sahara": [(1, 1, 12.0)]},
+        provenance={"eps": 1e-5},
+        command="python -m safety_heads precompute",
+    )
     path = save(result, tmp_path)
     loaded = load("m", "jailbreakbench", "UA", tmp_path)
     assert loaded.top_heads("ships", 1) == [(1, 1)] and loaded.heads("sahara", 1) == [(1, 1)]
@@ -143,10 +150,18 @@ def test_evaluator_caches_and_reports_every_field(tiny_llama):
 def test_results_table_averages_random_draws_and_keeps_the_rest():
     def row(ranking, k, heads, asr, draw=None, heads_from="jailbreakbench"):
         return {
-            "ranking": ranking, "mode": "UA", "heads_from": heads_from, "evaluated_on": "maliciousinstruct", "k": k,
-            "heads": heads, "asr": asr, "coherent_asr": asr / 2, "degenerate": 0.1, "xstest_safe_refusal": 0.3,
+            "ranking": ranking,
+            "mode": "UA",
+            "heads_from": heads_from,
+            "evaluated_on": "maliciousinstruct",
+            "k": k,
+            "heads": heads,
+            "asr": asr,
+            "coherent_asr": asr / 2,
+            "degenerate": 0.1,
+            "xstest_safe_refusal": 0.3,
             **({"draw": draw} if draw is not None else {}),
-        }  # fmt: skip
+        }
 
     summary = {
         "ablations": [

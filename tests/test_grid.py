@@ -33,16 +33,21 @@ def datasets(tmp_path, monkeypatch):
 
 def test_stratified_takes_the_first_of_each_type(datasets):
     assert load_stratified("xstest_safe", "type", 2) == [
-        "Question 0 of type a?", "Question 1 of type a?", "Question 3 of type b?", "Question 4 of type b?",
+        "Question 0 of type a?",
+        "Question 1 of type a?",
+        "Question 3 of type b?",
+        "Question 4 of type b?",
         "Question 6 of type c?",
-    ]  # fmt: skip
+    ]
 
 
 def test_grid_rows_per_subset_and_a_restart_skips_finished_rows(tiny_llama, datasets, tmp_path, monkeypatch, capsys):
     lm = tiny_llama
     out = tmp_path / "precomputed"
-    behaviour = {"coherence": {"limit": 100.0}, "sets": {"jailbreakbench": {"refused_rows": [0, 2]},
-                                                         "maliciousinstruct": {"refused_rows": [1]}}}  # fmt: skip
+    behaviour = {
+        "coherence": {"limit": 100.0},
+        "sets": {"jailbreakbench": {"refused_rows": [0, 2]}, "maliciousinstruct": {"refused_rows": [1]}},
+    }
     behaviour_path(lm.model_id, out).parent.mkdir(parents=True)
     behaviour_path(lm.model_id, out).write_text(json.dumps(behaviour))
     results = {
@@ -50,9 +55,17 @@ def test_grid_rows_per_subset_and_a_restart_skips_finished_rows(tiny_llama, data
         for name in ("jailbreakbench", "maliciousinstruct")
     }
     settings = PrecomputeSettings(
-        n=3, xstest_per_type=1, max_new_tokens=3, gen_batch_size=4, out=out, ks=(1,), rankings=("ships", "sahara"),
-        random_draws=1, device="cpu", n_benign=2,
-    )  # fmt: skip
+        n=3,
+        xstest_per_type=1,
+        max_new_tokens=3,
+        gen_batch_size=4,
+        out=out,
+        ks=(1,),
+        rankings=("ships", "sahara"),
+        random_draws=1,
+        device="cpu",
+        n_benign=2,
+    )
     run = Invocation("cmd", "test")
     path = grid.evaluate_all(settings, lm, results, run)
     summary = json.loads(path.read_text())
@@ -119,8 +132,9 @@ def test_a_later_group_search_keeps_the_record_of_the_earlier_one(tiny_llama, tm
     matrices = {"generalized": scores.tolist(), "refusal": scores.flip(1).tolist()}
     result = Precomputed(lm.model_id, "jailbreakbench", "UA", 3, 4, matrices, top10={})
     benign = record_prompts(lm, ["Name a colour.", "Count to three."], "chat")
-    settings = PrecomputeSettings(group_n=3, group_n_benign=2, sahara_size=2, group_size=0, group_candidates=4,
-                                  batch_size=8, out=tmp_path)  # fmt: skip
+    settings = PrecomputeSettings(
+        group_n=3, group_n_benign=2, sahara_size=2, group_size=0, group_candidates=4, batch_size=8, out=tmp_path
+    )
     precompute.search_groups(settings, lm, result, HARMFUL, benign, "sahara run")
     assert result.groups["sahara"][0][:2] == (2, 3)  # the first head is generalized Ships' top head
     settings = dataclasses.replace(settings, sahara_size=0, group_size=2)

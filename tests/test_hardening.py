@@ -57,8 +57,9 @@ def app():
 def tiny_smollm2(chat_tokenizer) -> LoadedModel:
     """Random weights in SmolLM2-135M's layout (30 layers of 9 query heads sharing 3 key/value heads), so that
     the heads the requests name exist; what the handlers check does not depend on the weights."""
-    config = LlamaConfig(vocab_size=len(chat_tokenizer), hidden_size=72, intermediate_size=96, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=1024)  # fmt: skip
+    sizes = dict(hidden_size=72, intermediate_size=96, max_position_embeddings=1024)
+    layout = dict(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3)
+    config = LlamaConfig(vocab_size=len(chat_tokenizer), **sizes, **layout)
     return tiny(chat_tokenizer, config)
 
 
@@ -260,8 +261,9 @@ def test_to_number_names_the_field():
 
 
 def reference(lm: LoadedModel, prompt: str = PROMPT, heads: str = HEADS, tokens: int = 4) -> tuple[str, str]:
-    return generate_pair(lm, prompt, parse_heads(heads, lm.n_layers, lm.n_heads), "UA", 1e-5, "chat",
-                         DecodingConfig("greedy", tokens))  # fmt: skip
+    return generate_pair(
+        lm, prompt, parse_heads(heads, lm.n_layers, lm.n_heads), "UA", 1e-5, "chat", DecodingConfig("greedy", tokens)
+    )
 
 
 def final_answers(app) -> tuple[str, str]:

@@ -102,8 +102,8 @@ def test_bad_prompts(tiny_llama):
 def hub_folder(chat_tokenizer, tmp_path_factory):
     """A small Llama-family checkpoint in the layout the hub serves."""
     folder = tmp_path_factory.mktemp("tiny-llama-chat")
-    config = LlamaConfig(vocab_size=len(chat_tokenizer), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    layout = dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    config = LlamaConfig(vocab_size=len(chat_tokenizer), hidden_size=64, intermediate_size=128, **layout)
     tiny(chat_tokenizer, config).model.save_pretrained(folder)
     chat_tokenizer.save_pretrained(folder)
     return folder
@@ -151,8 +151,9 @@ def test_vicuna_format_starts_with_bos(hub_folder, tmp_path):
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                            pad_token="</s>").save_pretrained(tmp_path / "vicuna-7b-v1.5")  # fmt: skip
+    PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    ).save_pretrained(tmp_path / "vicuna-7b-v1.5")
     vicuna = AutoTokenizer.from_pretrained(tmp_path / "vicuna-7b-v1.5")
     lm = load_model(str(hub_folder), quantize="none")
     ids = encode(LoadedModel(lm.model, vicuna, "vicuna", {}), ["hi"])["input_ids"][0].tolist()

@@ -39,8 +39,11 @@ def head_lists(draw):
 
 
 @settings(max_examples=200, deadline=None)
-@given(case=head_lists(), style=st.sampled_from(["{}-{}", "L{}H{}", "{}.{}", "l{}h{}", "{}:{}", "{}/{}"]),
-       separator=st.sampled_from([", ", ",", ";", " ", "\n", " ,; "]))  # fmt: skip
+@given(
+    case=head_lists(),
+    style=st.sampled_from(["{}-{}", "L{}H{}", "{}.{}", "l{}h{}", "{}:{}", "{}/{}"]),
+    separator=st.sampled_from([", ", ",", ";", " ", "\n", " ,; "]),
+)
 def test_valid_heads_round_trip(case, style, separator):
     n_layers, n_heads, heads = case
     if len(set(heads)) > MAX_HEADS:

@@ -114,13 +114,20 @@ def test_subspace_angles_match_an_svd_reference():
     """The Gram-matrix route gives the SVD's angles, tiny ones included, for every ablated matrix of a batch."""
     generator = torch.Generator().manual_seed(0)
     base = torch.randn(12, 300, generator=generator, dtype=torch.float64) + 3.0  # a clear top direction
-    ablated = torch.stack([base + scale * torch.randn(12, 300, generator=generator, dtype=torch.float64)
-                           for scale in (1e-6, 1e-3, 0.3, 3.0)])  # fmt: skip
+    ablated = torch.stack(
+        [
+            base + scale * torch.randn(12, 300, generator=generator, dtype=torch.float64)
+            for scale in (1e-6, 1e-3, 0.3, 3.0)
+        ]
+    )
     for rank in (1, 3):
         reference = [
-            math.degrees(scipy.linalg.subspace_angles(
-                np.linalg.svd(base.numpy(), full_matrices=False)[0][:, :rank],
-                np.linalg.svd(a.numpy(), full_matrices=False)[0][:, :rank]).sum())
+            math.degrees(
+                scipy.linalg.subspace_angles(
+                    np.linalg.svd(base.numpy(), full_matrices=False)[0][:, :rank],
+                    np.linalg.svd(a.numpy(), full_matrices=False)[0][:, :rank],
+                ).sum()
+            )
             for a in ablated
-        ]  # fmt: skip
+        ]
         assert subspace_angles(base, ablated, rank, chunk=3) == pytest.approx(reference, rel=1e-6, abs=1e-9)

@@ -9,10 +9,12 @@ markers out and the note says which.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import gradio as gr
 
 from .. import plots
-from ..ablation import MODES
+from ..ablation import MODES, Mode
 from ..head_options import FIGURE_RANKING, PROMPT_SET_LABELS, figure_file, precomputed_models, ranked
 from ..precomputed import Precomputed
 
@@ -22,10 +24,10 @@ MODE_TITLES = {
 }
 
 
-Cell = tuple[str, str, str, str]  # (marker set, model, prompt set, mode)
+Cell = tuple[str, str, str, Mode]  # (marker set, model, prompt set, mode)
 
 
-def collect(panels: dict[str, list[Cell]]) -> tuple[dict, str, list[Precomputed]]:
+def collect(panels: Mapping[str, Sequence[Cell]]) -> tuple[dict, str, list[Precomputed]]:
     """{panel: {marker set: top-10}} from the files there are, a note naming those there are not, the files."""
     tops, missing, files = {}, [], []
     for panel, cells in panels.items():

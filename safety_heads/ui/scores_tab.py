@@ -19,7 +19,8 @@ def top_table(top: list[tuple[Head, float]]) -> pd.DataFrame:
 
 
 def score_figure(opts: HeadOptions, selected: list[Head]):
-    if opts.scores is None:
+    # Scores come with their file and ranking (see `head_options`); the last two checks narrow the types.
+    if opts.scores is None or opts.pre is None or opts.ranking is None:
         return None
     return plots.score_heatmap(
         opts.scores,

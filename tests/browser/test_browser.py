@@ -26,9 +26,14 @@ from tests.test_app import app_server
 pytestmark = pytest.mark.slow  # starts the app and a browser, and waits on real answers
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot.png"
 LABELS = ("refusal", "compliance", "short", "degenerate")
 MODEL = default_model()
@@ -90,8 +95,10 @@ def test_the_first_minute_in_the_browser(page, tmp_path):
     expect(page.get_by_text(f"Ablating {len(hint.heads)} head(s)")).to_be_visible(timeout=30_000)
 
     badges, first, pair = compare(page)
-    print(f"\nfirst minute on {MODEL}: ready {ready:.1f} s after the page opened; harmful example: first streamed "
-          f"text {first:.1f} s, the whole pair {pair:.1f} s")  # fmt: skip
+    print(
+        f"\nfirst minute on {MODEL}: ready {ready:.1f} s after the page opened; harmful example: first streamed "
+        f"text {first:.1f} s, the whole pair {pair:.1f} s"
+    )
     assert badges == ["refusal", "compliance"], (badges, page.get_by_label("Ablated model").input_value())
     tops = [page.get_by_label(f"{side} model").bounding_box()["y"] for side in ("Intact", "Ablated")]
     assert abs(tops[0] - tops[1]) < 1, f"the answer panes sit at different heights: {tops}"
