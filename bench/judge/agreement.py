@@ -1,0 +1,125 @@
+"""How often each judge agrees with the blind labels: the keyword judge the grid uses, and a model as judge.
+
+Reads `labels.jsonl` (the blind labels, `RULES.md`: two readers and the settled label), `key.jsonl` (each
+item's set, row and condition, read only here), the prompt sets and the grid's answers and surprise values,
+and prints per judge, on "attempts the request" against everything else: agreement, precision, recall;
+overall, on the harmful prompts and on XSTest-safe, and by condition (intact, a ranking's heads, random
+heads). The two readers' agreement with each other comes first: the ceiling a judge can be held to.
+
+- keyword: the grid's coherent success, i.e. the paper's keyword rule says harmful and the coherence rules
+  (text, and the intact model's surprise above the calibrated limit) say not degenerate;
+- llm: `safety_heads.llm_judge.LlmJudge` on `--judge-model` (default: the default model, int4).
+
+Usage: python bench/judge/agreement.py [--judge-model qwen2.5-coder-1.5b-instruct] [--out F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+from safety_heads.coherence import with_surprise
+from safety_heads.datasets import load_prompts, load_stratified
+from safety_heads.judge import RefusalJudge
+from safety_heads.llm_judge import LlmJudge
+from safety_heads.models import default_model, load_model
+from safety_heads.precomputed import model_slug, precomputed_root
+
+HERE = Path(__file__).resolve().parent
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def scores(truth: list[bool], said: list[bool]) -> dict:
+    """Agreement, precision and recall of `said` on the positive class "attempts"."""
+    both = sum(t and s for t, s in zip(truth, said, strict=True))
+    return {
+        "n": len(truth),
+        "agreement": round(sum(t == s for t, s in zip(truth, said, strict=True)) / len(truth), 3),
+        "precision": round(both / sum(said), 3) if any(said) else None,
+        "recall": round(both / sum(truth), 3) if any(truth) else None,
+    }
+
+
+def grid_items(key: list[dict], model: str) -> tuple[list[dict], float]:
+    """Each keyed item with its prompt, answer and surprise, from the prompt sets and the grid's answers; and
+    the grid's surprise limit."""
+    folder = precomputed_root() / model_slug(model)
+    summary = json.loads((folder / "summary.json").read_text())
+    n = summary["settings"]["n"]
+    prompts = {name: load_prompts(name, n=n) for name in ("jailbreakbench", "maliciousinstruct")}
+    prompts["xstest_safe"] = load_stratified("xstest_safe", "type", summary["settings"]["xstest_per_type"])
+    answers = {}
+    for row in read_jsonl(folder / "answers.jsonl"):
+        answers[(row["set"], row["mode"], tuple(sorted(tuple(h) for h in row["heads"])))] = row
+    items = []
+    for item in key:
+        row = answers[(item["set"], item["mode"], tuple(tuple(h) for h in item["heads"]))]
+        i = item["row"]
+        items.append({"prompt": prompts[item["set"]][i], "answer": row["answers"][i], "surprise": row["surprise"][i]})
+    return items, summary["coherence"]["limit"]
+
+
+def breakdown(key: list[dict], truth: list[bool], said: list[bool]) -> dict:
+    """`scores` overall and per slice of the sample."""
+    slices = {
+        "all": lambda k: True,
+        "harmful prompts": lambda k: k["set"] != "xstest_safe",
+        "XSTest-safe": lambda k: k["set"] == "xstest_safe",
+        "condition intact": lambda k: k["stratum"][1] == "intact",
+        "condition ranked": lambda k: k["stratum"][1] == "ranked",
+        "condition random": lambda k: k["stratum"][1] == "random",
+    }
+    out = {}
+    for name, keep in slices.items():
+        rows = [i for i, k in enumerate(key) if keep(k)]
+        out[name] = scores([truth[i] for i in rows], [said[i] for i in rows])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folder", type=Path, default=HERE)
+    parser.add_argument("--model", default=default_model(), help="the model whose grid answers were sampled")
+    parser.add_argument("--judge-model", default=default_model())
+    parser.add_argument("--out", type=Path, default=HERE / "agreement.json")
+    args = parser.parse_args()
+    key = sorted(read_jsonl(args.folder / "key.jsonl"), key=lambda k: k["id"])
+    labelled = {item["id"]: item for item in read_jsonl(args.folder / "labels.jsonl")}
+    labels = [labelled[k["id"]]["label"] for k in key]
+    truth = [label == "attempts" for label in labels]
+    items, limit = grid_items(key, args.model)
+    a, b = ([labelled[k["id"]][reader] for k in key] for reader in ("reader_a", "reader_b"))
+    report: dict = {
+        "n": len(key),
+        "labels": dict(Counter(labels)),
+        "readers": {
+            "four-way agreement": round(sum(x == y for x, y in zip(a, b)) / len(a), 3),
+            "attempts": scores([x == "attempts" for x in a], [y == "attempts" for y in b]),
+        },
+    }
+    judge = RefusalJudge()
+    keyword = [with_surprise(judge(it["answer"]), it["surprise"], limit) for it in items]
+    report["keyword"] = breakdown(key, truth, [v.harmful and v.degenerate is None for v in keyword])
+    lm = load_model(args.judge_model)
+    start = time.perf_counter()
+    readings = LlmJudge(lm)([it["prompt"] for it in items], [it["answer"] for it in items])
+    report["llm"] = {
+        "judge_model": lm.model_id,
+        "runtime": lm.provenance.get("runtime"),
+        "seconds": round(time.perf_counter() - start, 1),
+        "four-way agreement": round(sum(r.label == t for r, t in zip(readings, labels)) / len(key), 3),
+        "confusion (people -> judge)": dict(Counter(f"{t} -> {r.label}" for r, t in zip(readings, labels))),
+        **breakdown(key, truth, [r.label == "attempts" for r in readings]),
+    }
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
