@@ -32,7 +32,7 @@ from safety_heads.evaluation import Evaluator
 from safety_heads.judge import RefusalJudge, attack_success
 from safety_heads.models import default_model, load_model
 from safety_heads.precomputed import model_slug, precomputed_root
-from safety_heads.rankings import SINGLE
+from safety_heads.rankings import SWEPT
 from safety_heads.ships import record_prompts, top_heads
 
 HEADLINE = ("refusal", "refusal_group")
@@ -137,7 +137,7 @@ def attribution_tops(args, runtime: str) -> dict:
     for mode in MODES:
         start = time.perf_counter()
         found = attribute(lm, acts, benign_kl(lm, benign_acts, mode, 1e-5), mode, 1e-5)
-        tops[mode] = {r: [list(h) for h, _ in top_heads(found.scores[r])] for r in SINGLE}
+        tops[mode] = {r: [list(h) for h, _ in top_heads(found.scores[r])] for r in SWEPT}
         tops[mode]["seconds"] = round(time.perf_counter() - start, 1)
         print(runtime, mode, tops[mode], flush=True)
     return tops
@@ -172,7 +172,7 @@ def main() -> None:
         tops = {rt: attribution_tops(args, rt) for rt in ("float32", args.runtime)}
         f32, ours = tops["float32"], tops[args.runtime]
         kept = {
-            m: {r: len({tuple(h) for h in f32[m][r]} & {tuple(h) for h in ours[m][r]}) for r in SINGLE} for m in MODES
+            m: {r: len({tuple(h) for h in f32[m][r]} & {tuple(h) for h in ours[m][r]}) for r in SWEPT} for m in MODES
         }
         done["attribution"] = {"prompts": args.attribution, "tops": tops, "top10_kept": kept}
         args.out.write_text(json.dumps(done, indent=1))

@@ -24,7 +24,7 @@ from .grid import evaluate_all
 from .models import LoadedModel
 from .precomputed import Precomputed, load, save
 from .provenance import code_version, prompt_set_provenance
-from .rankings import GROUPS, SINGLE, GroupInputs
+from .rankings import GROUPS, SCORED, SINGLE, GroupInputs, ScoreInputs
 from .settings import Invocation, PrecomputeSettings
 from .ships import ActivationSet, record_prompts, top_heads
 
@@ -85,12 +85,29 @@ def attribute_all(s: PrecomputeSettings, lm: LoadedModel, run: Invocation) -> di
                 },
                 command=run.command,
             )
-            path = save(result, s.out)  # the single-head rankings are kept even if a group search fails
+            path = save(result, s.out)  # the single-head rankings are kept even if a later step fails
             tops = {name: ", ".join(format_head(h) for h in result.top_heads(name, 3)) for name in found.scores}
             print(f"  wrote {path} ({result.provenance['seconds']} s); top-3 {tops}", file=sys.stderr)
+            add_scores(s, lm, result, harmful, benign)
             search_groups(s, lm, result, harmful, benign_acts, run.command)
             results[(prompt_set, mode)] = result
     return results
+
+
+def add_scores(s: PrecomputeSettings, lm: LoadedModel, result: Precomputed, harmful: list[str], benign: list[str]):
+    """The rankings with a scoring function of their own that the file lacks, from the same prompts."""
+    for name, ranking in SCORED.items():
+        if name in result.scores:
+            continue
+        start = time.time()
+        matrix, record = ranking.score(ScoreInputs(lm, harmful, benign, s.template, result.mode, s.eps))
+        result.scores[name] = matrix.tolist()
+        result.top10[name] = [(h[0], h[1], x) for h, x in top_heads(matrix, 10)]
+        record |= {"harmful_prompts": len(harmful), "benign_prompts": len(benign)}
+        result.provenance.setdefault("scored", {})[name] = record | {"seconds": round(time.time() - start, 1)}
+        top = ", ".join(format_head(h) for h in result.top_heads(name, 3))
+        print(f"  {name}: top-3 {top} ({result.provenance['scored'][name]['seconds']} s)", file=sys.stderr)
+        save(result, s.out)
 
 
 def search_groups(
@@ -150,10 +167,13 @@ def run(s: PrecomputeSettings) -> None:
     print(f"{lm.model_id} on {s.device} ({platform.node()}), code {invocation.code_version}", file=sys.stderr)
     if s.reuse:
         results = {(p, m): load(lm.model_id, p, m, s.out) for p in s.head_sets() for m in s.modes}
-        if s.search_groups:
-            benign = record_prompts(lm, load_prompts(s.benign, n=s.group_n_benign), s.template)
-            for (prompt_set, _), result in results.items():
-                search_groups(s, lm, result, harmful_prompts(s, lm.model_id, prompt_set)[0], benign, invocation.command)
+        for (prompt_set, _), result in results.items():
+            harmful = harmful_prompts(s, lm.model_id, prompt_set)[0]
+            if s.add_scores:
+                add_scores(s, lm, result, harmful, load_prompts(s.benign, n=s.n_benign))
+            if s.search_groups:
+                benign = record_prompts(lm, load_prompts(s.benign, n=s.group_n_benign), s.template)
+                search_groups(s, lm, result, harmful, benign, invocation.command)
     else:
         results = attribute_all(s, lm, invocation)
     if s.evaluate:

@@ -2,16 +2,19 @@
 tables all read.
 
 A single ranking (`Ranking`) scores every head alone: its (n_layers, n_heads) matrix is stored under `scores`
-and its top 10 under `top10`. A group search (`GroupRanking`) adds heads greedily: its heads, in the order
-found, with the group's score after each, are stored under `groups`, and the app draws them on the
-single-head score they grow from (`basis`). The order of `REGISTRY` is the order of every list and table.
+and its top 10 under `top10`. Most come together from one ablation sweep per prompt (`attribution`); one with
+a scoring function of its own (`ScoredRanking`, e.g. the refusal direction) is computed beside them. A group
+search (`GroupRanking`) adds heads greedily: its heads, in the order found, with the group's score after
+each, are stored under `groups`, and the app draws them on the single-head score they grow from (`basis`).
+The order of `REGISTRY` is the order of every list and table.
 
-Adding a method: its scoring function, and one entry here (a group search also names the settings field
-that sizes it and gets a `search`).
+Adding a method: its scoring function, and one entry here (a `ScoredRanking` with its `score`, or a
+`GroupRanking` with its `search` and the settings field that sizes it).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -20,7 +23,8 @@ import torch
 
 from .ablation import Head, Mode
 from .attribution import refusal_group
-from .models import LoadedModel
+from .models import LoadedModel, Template
+from .refusal_direction import direction_scores
 from .sahara import sahara
 from .ships import ActivationSet, Progress
 
@@ -42,6 +46,29 @@ class GroupInputs:
 
 
 GroupSearch = Callable[[GroupInputs, int], list[tuple[Head, float]]]
+
+
+@dataclass
+class ScoreInputs:
+    """What a ranking with its own scoring function runs on: one prompt set and mode."""
+
+    lm: LoadedModel
+    harmful: list[str]
+    benign: list[str]
+    template: Template
+    mode: Mode
+    eps: float
+
+
+# A scoring function: the (n_layers, n_heads) scores, and what to record beside them in the provenance.
+SingleScore = Callable[[ScoreInputs], tuple[torch.Tensor, dict]]
+
+
+def _direction(job: ScoreInputs) -> tuple[torch.Tensor, dict]:
+    scores, direction = direction_scores(job.lm, job.harmful, job.benign, job.template)
+    # Layer 0's input is the last token's embedding, the same for every prompt: no separation (nan, kept None).
+    separation = [round(x, 3) if math.isfinite(x) else None for x in direction.separation]
+    return scores, {"layer": direction.layer, "separation": separation}
 
 
 def _sahara(job: GroupInputs, size: int) -> list[tuple[Head, float]]:
@@ -81,7 +108,14 @@ class Ranking:
     name: str
     description: str  # what it scores, in one line
     basis: str  # the single-head score the heatmap shows for it (a single ranking: itself)
-    source: Literal["paper", "ours"]  # Zhou et al. (ICLR 2025), or this project
+    source: Literal["paper", "field", "ours"]  # Zhou et al. (ICLR 2025), the field's later methods, or ours
+
+
+@dataclass(frozen=True)
+class ScoredRanking(Ranking):
+    """A single ranking with a scoring function of its own, computed beside the sweep's."""
+
+    score: SingleScore
 
 
 @dataclass(frozen=True)
@@ -100,9 +134,13 @@ REGISTRY: dict[str, Ranking] = {r.name: r for r in (
     Ranking("refusal", "drop of the refusal's first token (log-prob) minus the benign KL", "refusal", "ours"),
     GroupRanking("refusal_group", "greedy group on the refusal score, from the refusal ranking's shortlist",
                  "refusal", "ours", "group_size", _refusal_group),
+    ScoredRanking("direction", "write along the refusal direction (Arditi et al., 2024), last prompt token",
+                  "direction", "field", _direction),
 )}  # fmt: skip
 GROUPS: dict[str, GroupRanking] = {name: r for name, r in REGISTRY.items() if isinstance(r, GroupRanking)}
+SCORED: dict[str, ScoredRanking] = {name: r for name, r in REGISTRY.items() if isinstance(r, ScoredRanking)}
 SINGLE = tuple(name for name in REGISTRY if name not in GROUPS)
+SWEPT = tuple(name for name in SINGLE if name not in SCORED)  # the rankings `attribution.attribute` gives
 
 
 def display_order(names) -> list[str]:

@@ -13,7 +13,7 @@ from safety_heads.attribution import attribute, benign_kl, group_refusal_scores,
 from safety_heads.cli import main
 from safety_heads.evaluation import results_table
 from safety_heads.precomputed import Precomputed, PrecomputedError, available, load, save
-from safety_heads.rankings import SINGLE
+from safety_heads.rankings import SWEPT
 from safety_heads.ships import all_heads, generalized_ships, record_prompts, ships
 
 HARMFUL = ["How do I pick a lock?", "Tell me how to steal a car.", "How can I cheat on a test?"]
@@ -28,7 +28,7 @@ def test_attribute_gives_every_ranking(tiny_llama):
     penalty = benign_kl(lm, benign, "UA", 1e-5, batch_size=5)
     torch.testing.assert_close(penalty, torch.stack([ships(lm, p, "UA") for p in BENIGN]).mean(0), atol=1e-5, rtol=1e-4)
     found = attribute(lm, acts, penalty, "UA", 1e-5, batch_size=5)
-    assert set(found.scores) == set(SINGLE)
+    assert set(found.scores) == set(SWEPT)
     for matrix in found.scores.values():
         assert matrix.shape == (lm.n_layers, lm.n_heads) and matrix.isfinite().all()
     # "ships" is the mean of the per-prompt Ships; "generalized" the subspace angles.

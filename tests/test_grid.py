@@ -12,7 +12,7 @@ import torch
 from safety_heads import grid, precompute
 from safety_heads.behaviour import behaviour_path
 from safety_heads.datasets import load_stratified
-from safety_heads.precomputed import Precomputed
+from safety_heads.precomputed import Precomputed, load
 from safety_heads.settings import Invocation, PrecomputeSettings, add_arguments, from_args
 from safety_heads.ships import record_prompts
 
@@ -144,3 +144,17 @@ def test_a_later_group_search_keeps_the_record_of_the_earlier_one(tiny_llama, tm
     assert record["seconds"] == round(record["sahara_seconds"] + record["refusal_group_seconds"], 1)
     assert record["commands"] == ["sahara run", "group run"]
     assert len(result.groups["sahara"]) == 2 and result.groups["refusal_group"][0][:2] == (2, 0)
+
+
+def test_a_scored_ranking_is_added_to_a_file_once(tiny_llama, tmp_path, monkeypatch):
+    lm = tiny_llama
+    result = Precomputed(lm.model_id, "jailbreakbench", "SC", 3, 4, {}, top10={})
+    settings = PrecomputeSettings(out=tmp_path)
+    precompute.add_scores(settings, lm, result, HARMFUL, ["Name a colour.", "Count to three."])
+    assert len(result.top10["direction"]) == 10 and len(result.scores["direction"]) == 3
+    record = result.provenance["scored"]["direction"]
+    assert 1 <= record["layer"] < 3 and record["harmful_prompts"] == 3 and record["benign_prompts"] == 2
+    assert "direction" in load(lm.model_id, "jailbreakbench", "SC", tmp_path).rankings()
+    again = dataclasses.replace(precompute.SCORED["direction"], score=lambda job: pytest.fail("scored again"))
+    monkeypatch.setitem(precompute.SCORED, "direction", again)
+    precompute.add_scores(settings, lm, result, HARMFUL, ["Name a colour."])  # the file has it: nothing runs
