@@ -269,32 +269,18 @@ with gr.Blocks(title="Safety heads", delete_cache=(3600, 3600)) as demo:
     hidden: EventOptions = {"api_visibility": "undocumented"}
     scores_tab.top_list.select(pick_top_head, [h.heads], [h.heads], api_name="pick_top_head", **hidden)
     live_tab.top_list.select(pick_scored_head, [h.typed_heads], [h.typed_heads], api_name="pick_scored_head", **hidden)
-    gr.on(
-        [c.run.click, c.prompt.submit],
-        compare,
-        [model, h.runtime, c.prompt, *selected, *ablation, *sampling],
-        answers,
-        api_name="compare",
-        **model_work,
-    )
+    compare_inputs = [model, h.runtime, c.prompt, *selected, *ablation, *sampling]
+    gr.on([c.run.click, c.prompt.submit], compare, compare_inputs, answers, api_name="compare", **model_work)
     attention_inputs = [model, h.runtime, c.prompt, attention_tab.head, *ablation]
     attention_tab.show.click(show_attention, attention_inputs, [attention_tab.plot], api_name="attention", **model_work)
-    live_outputs = [live_tab.heatmap, live_tab.top_list]
-    live_tab.score.click(
-        score_prompt,
+    live_inputs, live_outputs = (
         [model, h.runtime, c.prompt, *selected, *ablation],
-        live_outputs,
-        api_name="score_prompt",
-        **model_work,
+        [live_tab.heatmap, live_tab.top_list],
     )
+    live_tab.score.click(score_prompt, live_inputs, live_outputs, api_name="score_prompt", **model_work)
     e = evaluate_tab
-    e.run.click(
-        evaluate,
-        [model, h.runtime, e.prompt_set, e.n, *selected, *ablation, *sampling],
-        [e.summary, e.plot, e.answers],
-        api_name="evaluate",
-        **model_work,
-    )
+    evaluate_inputs = [model, h.runtime, e.prompt_set, e.n, *selected, *ablation, *sampling]
+    e.run.click(evaluate, evaluate_inputs, [e.summary, e.plot, e.answers], api_name="evaluate", **model_work)
     f = figures_tab
     gr.on([demo.load, model.change], f.set_figure, [model], [f.set_plot, f.set_note], api_name="top10_by_set")
     pair = [f.model_a, f.model_b, h.prompt_set]

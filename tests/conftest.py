@@ -90,7 +90,7 @@ def tiny(tokenizer: PreTrainedTokenizerBase, config) -> LoadedModel:
         layer.self_attn.q_proj.weight.mul_(2.0)
         if layer.self_attn.q_proj.bias is not None:  # make the q bias matter, so UA must scale it too
             layer.self_attn.q_proj.bias.normal_(0.0, 1.0)
-    return LoadedModel(model, tokenizer, type(config).__name__, {"model": "tiny"})
+    return LoadedModel(model, tokenizer, type(config).__name__, {"model": "tiny", "runtime": "float32"})
 
 
 def _shape(vocab_size: int) -> dict:
