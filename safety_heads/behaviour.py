@@ -60,11 +60,17 @@ def measure_set(
     return rates, answers, surprise
 
 
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.is_file() else []
+
+
 def run(s: BehaviourSettings) -> None:
     path = behaviour_path(s.model, s.out)
     record = json.loads(path.read_text()) if path.is_file() else {}
-    settings = {"max_new_tokens": s.max_new_tokens, "template": s.template, "n": s.n}
+    settings = {"max_new_tokens": s.max_new_tokens, "template": s.template}
     answers_path = path.with_name("behaviour-answers.jsonl")
+    # Each set records its own n; records from before that held one n for every set, and each set's as well.
+    record.get("settings", {}).pop("n", None)
     if record.get("settings") != settings:  # other settings: start over
         record = {"settings": settings, "sets": {}}
         answers_path.unlink(missing_ok=True)
@@ -83,17 +89,19 @@ def run(s: BehaviourSettings) -> None:
         write_json(path, record)
     decoding = DecodingConfig(max_new_tokens=s.max_new_tokens)
     for prompt_set in s.sets:
-        if prompt_set in record["sets"]:
+        prompts = load_prompts(prompt_set, n=s.n)
+        if record["sets"].get(prompt_set, {}).get("n") == len(prompts):
             print(f"{prompt_set}: done already, skipped", file=sys.stderr)
             continue
-        prompts = load_prompts(prompt_set, n=s.n)
         start = time.time()
         limit = record["coherence"]["limit"]
         rates, answers, surprise = measure_set(lm, prompts, decoding, s.template, s.batch_size, limit)
         rates["seconds"] = round(time.time() - start, 1)
         rates["prompt_set"] = prompt_set_provenance(prompt_set, len(prompts))
-        with open(answers_path, "a") as f:
-            f.write(json.dumps({"set": prompt_set, "answers": answers, "surprise": surprise}) + "\n")
+        # A set answered again (another n) replaces its earlier answers.
+        kept = [line for line in _lines(answers_path) if json.loads(line)["set"] != prompt_set]
+        line = json.dumps({"set": prompt_set, "answers": answers, "surprise": surprise})
+        answers_path.write_text("".join(f"{x}\n" for x in [*kept, line]))
         record["sets"][prompt_set] = rates
         write_json(path, record)
         print(

@@ -1,4 +1,5 @@
-"""The cross-set grid behind `precompute --evaluate`: heads found on one prompt set, answers on the other.
+"""The cross-set grid behind `precompute --evaluate`: heads found on one prompt set, answers on the other (and on
+any --held-out set, never attributed on: generalization).
 
 Every ranking's top k, the group searches' first k heads and random draws of k heads are each answered on
 the other set and on a stratified slice of XSTest-safe under the same ablation. Each row is read twice from
@@ -59,11 +60,12 @@ class Cell:
 def plan(s: PrecomputeSettings, lm: LoadedModel, results: dict[tuple[str, Mode], Precomputed]) -> Iterator[Cell]:
     """Every cell in the order it should run: the intact model on each set, then k by k (headline k first)
     each ranking's heads and the random draws."""
-    for name in s.sets:
+    for name in (*s.sets, *s.held_out):
         yield Cell("none", "UA", "-", name, [])
     for k in s.ks:
         for (heads_from, mode), result in results.items():
-            for evaluated_on in [name for name in s.sets if name != heads_from] or [heads_from]:
+            others = [name for name in s.sets if name != heads_from] or [heads_from]
+            for evaluated_on in (*others, *s.held_out):
                 for ranking in s.rankings:
                     if (heads := result.heads(ranking, k)) is not None:
                         yield Cell(ranking, mode, heads_from, evaluated_on, heads)
@@ -91,9 +93,9 @@ def refused_subsets(s: PrecomputeSettings, lm: LoadedModel) -> dict[str, dict[st
     path = behaviour_path(lm.model_id, s.out)
     recorded = json.loads(path.read_text())["sets"] if path.is_file() else {}
     subsets = {}
-    for name in s.sets:
+    for name, n in [(name, s.n) for name in s.sets] + [(name, s.held_out_n) for name in s.held_out]:
         rows = recorded.get(name, {}).get("refused_rows")
-        subsets[name] = {"all": None} | ({"refused": [i for i in rows if i < s.n]} if rows is not None else {})
+        subsets[name] = {"all": None} | ({"refused": [i for i in rows if i < n]} if rows is not None else {})
     return subsets
 
 
@@ -104,6 +106,7 @@ def open_summary(s: PrecomputeSettings, lm: LoadedModel, path: Path, sets: dict,
         "eps": s.eps,
         "template": s.template,
         "n": s.n,
+        "held_out_n": s.held_out_n,
         "xstest_per_type": s.xstest_per_type,
         "decoding": {"strategy": "greedy", "max_new_tokens": s.max_new_tokens},
         "runtime": lm.provenance.get("runtime", "float32"),
@@ -111,6 +114,7 @@ def open_summary(s: PrecomputeSettings, lm: LoadedModel, path: Path, sets: dict,
     summary = json.loads(path.read_text()) if path.is_file() else {}
     if "settings" in summary:  # summaries from before the low-bit runtimes were all made in float32
         summary["settings"].setdefault("runtime", "float32")
+        summary["settings"].setdefault("held_out_n", s.held_out_n)  # older summaries have no held-out rows
     if summary.get("ablations") and summary.get("settings") != settings:  # the old rows measure something else
         changed = {k: v for k, v in settings.items() if summary["settings"].get(k) != v}
         raise SystemExit(
@@ -140,6 +144,7 @@ def evaluate_all(
 ) -> Path:
     """Run the plan's cells not yet in summary.json, writing the rows and answers after each."""
     sets = {name: load_prompts(name, n=s.n) for name in s.sets}
+    sets |= {name: load_prompts(name, n=s.held_out_n) for name in s.held_out}
     sets["xstest_safe"] = load_stratified("xstest_safe", "type", s.xstest_per_type)
     path = s.out / model_slug(lm.model_id) / "summary.json"
     summary = open_summary(s, lm, path, sets, invocation)

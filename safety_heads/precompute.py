@@ -49,6 +49,7 @@ def attribute_all(s: PrecomputeSettings, lm: LoadedModel, run: Invocation) -> di
     benign = load_prompts(s.benign, n=s.n_benign)
     benign_acts = record_prompts(lm, benign, s.template)
     results = {}
+    scored: Scored = {}
     for mode in s.modes:
         start = time.time()
         print(f"{mode}: benign sweep over {len(benign)} prompts, shared by every set", file=sys.stderr)
@@ -88,23 +89,38 @@ def attribute_all(s: PrecomputeSettings, lm: LoadedModel, run: Invocation) -> di
             path = save(result, s.out)  # the single-head rankings are kept even if a later step fails
             tops = {name: ", ".join(format_head(h) for h in result.top_heads(name, 3)) for name in found.scores}
             print(f"  wrote {path} ({result.provenance['seconds']} s); top-3 {tops}", file=sys.stderr)
-            add_scores(s, lm, result, harmful, benign)
+            add_scores(s, lm, result, harmful, benign, scored)
             search_groups(s, lm, result, harmful, benign_acts, run.command)
             results[(prompt_set, mode)] = result
     return results
 
 
-def add_scores(s: PrecomputeSettings, lm: LoadedModel, result: Precomputed, harmful: list[str], benign: list[str]):
-    """The rankings with a scoring function of their own that the file lacks, from the same prompts."""
+Scored = dict[tuple[str, str], tuple[torch.Tensor, dict]]  # (ranking, prompt set) -> scores, provenance
+
+
+def add_scores(
+    s: PrecomputeSettings,
+    lm: LoadedModel,
+    result: Precomputed,
+    harmful: list[str],
+    benign: list[str],
+    done: Scored,
+) -> None:
+    """The rankings with a scoring function of their own that the file lacks, from the same prompts. They do not
+    depend on the mode, so a score found for the set's file of one mode (`done`) is reused for the other."""
     for name, ranking in SCORED.items():
         if name in result.scores:
             continue
-        start = time.time()
-        matrix, record = ranking.score(ScoreInputs(lm, harmful, benign, s.template, result.mode, s.eps))
+        key = (name, result.prompt_set)
+        if key not in done:
+            start = time.time()
+            matrix, record = ranking.score(ScoreInputs(lm, harmful, benign, s.template, result.mode, s.eps))
+            record |= {"harmful_prompts": len(harmful), "benign_prompts": len(benign)}
+            done[key] = matrix, record | {"seconds": round(time.time() - start, 1)}
+        matrix, record = done[key]
         result.scores[name] = matrix.tolist()
         result.top10[name] = [(h[0], h[1], x) for h, x in top_heads(matrix, 10)]
-        record |= {"harmful_prompts": len(harmful), "benign_prompts": len(benign)}
-        result.provenance.setdefault("scored", {})[name] = record | {"seconds": round(time.time() - start, 1)}
+        result.provenance.setdefault("scored", {})[name] = dict(record)
         top = ", ".join(format_head(h) for h in result.top_heads(name, 3))
         print(f"  {name}: top-3 {top} ({result.provenance['scored'][name]['seconds']} s)", file=sys.stderr)
         save(result, s.out)
@@ -167,10 +183,11 @@ def run(s: PrecomputeSettings) -> None:
     print(f"{lm.model_id} on {s.device} ({platform.node()}), code {invocation.code_version}", file=sys.stderr)
     if s.reuse:
         results = {(p, m): load(lm.model_id, p, m, s.out) for p in s.head_sets() for m in s.modes}
+        scored: Scored = {}
         for (prompt_set, _), result in results.items():
             harmful = harmful_prompts(s, lm.model_id, prompt_set)[0]
             if s.add_scores:
-                add_scores(s, lm, result, harmful, load_prompts(s.benign, n=s.n_benign))
+                add_scores(s, lm, result, harmful, load_prompts(s.benign, n=s.n_benign), scored)
             if s.search_groups:
                 benign = record_prompts(lm, load_prompts(s.benign, n=s.group_n_benign), s.template)
                 search_groups(s, lm, result, harmful, benign, invocation.command)

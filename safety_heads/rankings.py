@@ -24,6 +24,7 @@ import torch
 from .ablation import Head, Mode
 from .attribution import refusal_group
 from .models import LoadedModel, Template
+from .patching import attribution_patching_scores, closing_length, patching_scores
 from .refusal_direction import direction_scores
 from .sahara import sahara
 from .ships import ActivationSet, Progress
@@ -71,6 +72,16 @@ def _direction(job: ScoreInputs) -> tuple[torch.Tensor, dict]:
     return scores, {"layer": direction.layer, "separation": separation}
 
 
+def _patching(job: ScoreInputs) -> tuple[torch.Tensor, dict]:
+    record = {"positions": "last", "closing_tokens": closing_length(job.lm, job.template)}
+    return patching_scores(job.lm, job.harmful, job.benign, "last", job.template), record
+
+
+def _attribution_patching(job: ScoreInputs) -> tuple[torch.Tensor, dict]:
+    record = {"positions": "last", "closing_tokens": closing_length(job.lm, job.template)}
+    return attribution_patching_scores(job.lm, job.harmful, job.benign, "last", job.template), record
+
+
 def _sahara(job: GroupInputs, size: int) -> list[tuple[Head, float]]:
     steps = sahara(
         job.lm,
@@ -113,7 +124,8 @@ class Ranking:
 
 @dataclass(frozen=True)
 class ScoredRanking(Ranking):
-    """A single ranking with a scoring function of its own, computed beside the sweep's."""
+    """A single ranking with a scoring function of its own, computed beside the sweep's. Its intervention is
+    its own, not the ablation mode's: one score serves a prompt set's files of every mode."""
 
     score: SingleScore
 
@@ -136,6 +148,11 @@ REGISTRY: dict[str, Ranking] = {r.name: r for r in (
                  "refusal", "ours", "group_size", _refusal_group),
     ScoredRanking("direction", "write along the refusal direction (Arditi et al., 2024), last prompt token",
                   "direction", "field", _direction),
+    ScoredRanking("patching", "activation patching: the head's harmless mean at the prompt's closing tokens; "
+                  "drop of the refusal's first token (log-prob)", "patching", "field", _patching),
+    ScoredRanking("attribution_patching", "activation patching to first order: gradient x (harmless mean - "
+                  "activation), one backward pass per prompt", "attribution_patching", "field",
+                  _attribution_patching),
 )}  # fmt: skip
 GROUPS: dict[str, GroupRanking] = {name: r for name, r in REGISTRY.items() if isinstance(r, GroupRanking)}
 SCORED: dict[str, ScoredRanking] = {name: r for name, r in REGISTRY.items() if isinstance(r, ScoredRanking)}

@@ -59,7 +59,8 @@ class LowBitLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)  # (B * T, K)
-        if flat.shape[0] > self.max_rows:
+        # The kernels have no backward: a gradient (attribution patching) goes through the float32 weights.
+        if flat.shape[0] > self.max_rows or (torch.is_grad_enabled() and x.requires_grad):
             y = F.linear(flat.float(), self.weight, self.bias)
         else:
             y = self.low_bit(flat.to(COMPUTE))

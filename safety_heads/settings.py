@@ -63,6 +63,10 @@ class PrecomputeSettings(ModelSettings):
     device: str = setting("where the model runs", factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
     sets: tuple[str, ...] = setting("harmful prompt sets to attribute on", HARMFUL_SETS)
     heads_from: tuple[str, ...] | None = setting("of --sets, only these give heads (one direction)", None)
+    held_out: tuple[str, ...] = setting(
+        "sets the heads are also answered on but never found on (generalization, e.g. advbench)", ()
+    )
+    held_out_n: int = setting("prompts of each --held-out set", 200)
     modes: tuple[Mode, ...] = setting("ablation modes", MODES, choices=MODES)
     n: int = setting("harmful prompts per set", 100, flag="-n")
     refused: bool = setting("the first n prompts the intact model refuses (from `behaviour`)", False)

@@ -1,0 +1,181 @@
+"""Activation patching and attribution patching: how much of the refusal each head carries, measured by putting
+a harmless value in place of its output.
+
+Activation patching (mean ablation, as in Wang et al., 2023; Heimersheim & Nanda, 2024): on a harmful prompt,
+one head's slice of the output projection's input (where SC acts) is replaced by its mean over harmless
+prompts, and the head's score is how much that lowers the log-probability of the intact first answer token
+(the token the refusal starts with), averaged over the harmful prompts. Where it is patched:
+- "last": the prompt's closing positions, the chat template's tokens after the request that every prompt
+  shares (`<|im_end|>\\n<|im_start|>assistant\\n`), each replaced by the harmless mean at the same position;
+- "all": every position, by the head's mean over every harmless token.
+
+Patching only the last P positions leaves every earlier one as it was (attention is causal), so the intact
+prompt's key/value cache up to there serves every patched run, and each head costs P positions, not T.
+
+Attribution patching (Nanda, 2023; Syed et al., 2023) is the same change to first order, for every head at
+once, from one backward pass per prompt: (mean - z) . d log p(token) / dz, summed over the patched positions.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .ablation import Head, HookKind, hook_point, hooked
+from .models import LoadedModel, Template, encode
+from .ships import all_heads
+
+Positions = Literal["last", "all"]
+
+
+def closing_length(lm: LoadedModel, template: Template = "chat") -> int:
+    """How many last prompt tokens every prompt shares (the template's closing after the request); at least 1."""
+    a, b = (encode(lm, [p], template)["input_ids"][0].tolist() for p in ("Name a colour.", "Is it raining?"))
+    shared = 0
+    while shared < min(len(a), len(b)) - 1 and a[-1 - shared] == b[-1 - shared]:
+        shared += 1
+    return max(shared, 1)
+
+
+def _o_projs(lm: LoadedModel) -> list[nn.Module]:
+    return [hook_point(lm, layer, "SC")[1] for layer in range(lm.n_layers)]
+
+
+@torch.no_grad()
+def harmless_means(
+    lm: LoadedModel, prompts: Sequence[str], positions: Positions, last: int, template: Template = "chat"
+) -> list[torch.Tensor]:
+    """Per layer, the harmless mean of the output projection's input: (last, n_heads * head_dim) position by
+    position from the end, or (1, n_heads * head_dim) over every token."""
+    sums = [torch.zeros(0)] * lm.n_layers
+    count = 0
+    for prompt in prompts:  # one at a time: no padding to leave out
+        seen: list[torch.Tensor] = []
+
+        def keep(module, args, seen=seen) -> None:
+            seen.append(args[0][0].float())  # (T, n_heads * head_dim)
+
+        with hooked(lm, [(o_proj, "forward_pre", keep) for o_proj in _o_projs(lm)]):
+            lm.model(**encode(lm, [prompt], template), use_cache=False, logits_to_keep=1)
+        parts = [z[-last:] if positions == "last" else z.sum(0, keepdim=True) for z in seen]
+        sums = [total + part if count else part for total, part in zip(sums, parts, strict=True)]
+        count += 1 if positions == "last" else seen[0].shape[0]
+    return [total / count for total in sums]
+
+
+def _patch_hook(mask: torch.Tensor, target: torch.Tensor):
+    """A pre-hook on an output projection: where mask[b, h], head h's slice of row b becomes `target`'s.
+
+    mask: (B, n_heads) bool; target: (t, n_heads * head_dim) for the t positions run, or (1, ...) for all.
+    """
+
+    def hook(module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        B, t, width = x.shape
+        n_heads = mask.shape[1]
+        heads = x.view(B, t, n_heads, width // n_heads)
+        patched = target[-t:].to(x.dtype).view(1, -1, n_heads, width // n_heads)
+        return (torch.where(mask[:, None, :, None], patched, heads).view(B, t, width), *args[1:])
+
+    return hook
+
+
+@torch.no_grad()
+def patched_logprobs(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    token: int,
+    head_sets: Sequence[Sequence[Head]],
+    means: list[torch.Tensor],
+    start: int,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """(S,): log p(token) at the last position of one prompt (1, T), with head_sets[s] patched from `start` on."""
+    prefix = lm.model(input_ids=input_ids[:, :start], use_cache=True).cache if start else None
+    o_projs = _o_projs(lm)
+    out = []
+    for first in range(0, len(head_sets), batch_size):
+        rows = head_sets[first : first + batch_size]
+        masks: dict[int, torch.Tensor] = {}
+        for row, heads in enumerate(rows):
+            for layer, head in heads:
+                masks.setdefault(layer, torch.zeros(len(rows), lm.n_heads, dtype=torch.bool))[row, head] = True
+        cache = None
+        if prefix is not None:  # every row starts from the intact prefix
+            cache = copy.deepcopy(prefix)
+            cache.batch_repeat_interleave(len(rows))
+        hooks: list[tuple[nn.Module, HookKind, Callable]] = [
+            (o_projs[layer], "forward_pre", _patch_hook(mask, means[layer])) for layer, mask in masks.items()
+        ]
+        with hooked(lm, hooks):
+            logits = lm.model(
+                input_ids=input_ids[:, start:].expand(len(rows), -1),
+                cache=cache,
+                use_cache=cache is not None,
+                logits_to_keep=1,
+            ).logits[:, -1]
+        out.append(torch.log_softmax(logits.double(), -1)[:, token].cpu())
+    return torch.cat(out)
+
+
+def patching_scores(
+    lm: LoadedModel,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    positions: Positions = "last",
+    template: Template = "chat",
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """(n_layers, n_heads): the mean drop of the intact first token's log-probability when the head is patched."""
+    last = closing_length(lm, template)
+    means = harmless_means(lm, harmless, positions, last, template)
+    single = [[head] for head in all_heads(lm)]
+    drop = torch.zeros(len(single), dtype=torch.float64)
+    for prompt in harmful:
+        input_ids = encode(lm, [prompt], template)["input_ids"]
+        with torch.no_grad():
+            logits = lm.model(input_ids=input_ids, use_cache=False, logits_to_keep=1).logits[0, -1]
+        base = torch.log_softmax(logits.double(), -1).cpu()
+        token = int(base.argmax())
+        start = input_ids.shape[1] - last if positions == "last" else 0
+        drop += base[token] - patched_logprobs(lm, input_ids, token, single, means, start, batch_size)
+    return (drop / len(harmful)).float().view(lm.n_layers, lm.n_heads)
+
+
+def attribution_patching_scores(
+    lm: LoadedModel,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    positions: Positions = "last",
+    template: Template = "chat",
+) -> torch.Tensor:
+    """(n_layers, n_heads): activation patching's drop to first order, from one backward pass per prompt."""
+    last = closing_length(lm, template)
+    means = harmless_means(lm, harmless, positions, last, template)
+    n_heads = lm.n_heads
+    change = torch.zeros(lm.n_layers, n_heads)
+    embed = lm.model.get_input_embeddings()
+    for prompt in harmful:
+        input_ids = encode(lm, [prompt], template)["input_ids"]
+        seen: list[torch.Tensor] = []
+
+        def keep(module, args, seen=seen) -> None:
+            seen.append(args[0])
+
+        # The graph starts at the embeddings, so each head's input keeps every path to the answer through the
+        # later layers (a detached copy per layer would cut the paths through later heads).
+        with torch.enable_grad(), hooked(lm, [(o_proj, "forward_pre", keep) for o_proj in _o_projs(lm)]):
+            embeds = embed(input_ids).detach().requires_grad_(True)
+            logits = lm.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=1).logits[0, -1]
+            logp = torch.log_softmax(logits.float(), -1)
+            grads = torch.autograd.grad(logp[int(logp.argmax())], seen)
+        window = slice(-last, None) if positions == "last" else slice(None)
+        for layer, (z, grad, mean) in enumerate(zip(seen, grads, means, strict=True)):
+            z, grad = z[0, window].detach().float(), grad[0, window].float()  # (t, n_heads * head_dim)
+            t = z.shape[0]
+            change[layer] += ((mean.to(z.device) - z) * grad).view(t, n_heads, -1).sum((0, 2)).cpu()
+    return -change / len(harmful)  # a drop, like activation patching's
