@@ -34,6 +34,7 @@ class AblationResult:
     xstest_safe_degenerate: float | None  # benign answers broken by the ablation
     draw: int | None = None  # which random draw, for the random control
     runtime: str = "float32"  # the runtime the answers came from (runtime.RUNTIMES; "nf4" on a GPU)
+    attempt_rate: float | None = None  # attempts the request, read by the opening sentence (judge.attempts)
 
     def to_json(self) -> dict:
         return {key: value for key, value in asdict(self).items() if value is not None or key != "draw"}
@@ -132,6 +133,7 @@ class Evaluator:
                     safe.degenerate if safe else None,
                     draw,
                     self.lm.provenance.get("runtime", "float32"),
+                    result.attempt_rate,
                 )
             )
         return rows
@@ -139,15 +141,15 @@ class Evaluator:
 
 def results_table(summary: dict) -> str:
     """summary.json's ablations as a Markdown table; random draws of one k averaged into one row (mean)."""
-    metrics = ("asr", "coherent_asr", "degenerate", "xstest_safe_refusal", "xstest_safe_degenerate")
+    metrics = ("asr", "coherent_asr", "attempt_rate", "degenerate", "xstest_safe_refusal", "xstest_safe_degenerate")
     groups: dict[tuple, list[dict]] = {}
     for row in summary["ablations"]:
         key = (row["mode"], row["heads_from"], row["evaluated_on"], row["ranking"], row["k"], row.get("subset", "all"))
         groups.setdefault(key, []).append(row)
     lines = [
-        "| mode | heads from → evaluated on | subset | ranking | k | heads | ASR | coherent ASR | degenerate "
-        "| XSTest-safe refusal | XSTest-safe degenerate |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| mode | heads from → evaluated on | subset | ranking | k | heads | ASR | coherent ASR | attempts | "
+        "degenerate | XSTest-safe refusal | XSTest-safe degenerate |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     rankings = display_order({key[3] for key in groups} - {"none", "random"})
     order = {name: i for i, name in enumerate(["none", *rankings, "random"])}

@@ -175,4 +175,4 @@ def test_results_table_averages_random_draws_and_keeps_the_rest():
     assert len(lines) == 2 + 3  # header, rule, intact, ships, random (two draws in one row)
     assert lines[2].startswith("| intact | maliciousinstruct | all | none | 0 | none | 0.05 |")
     assert "| ships | 1 | 18-8 | 0.50 | 0.25 |" in lines[3]
-    assert "| random | 1 | mean of 2 draws | 0.30 | 0.15 | 0.10 | 0.30 | – |" in lines[4]
+    assert "| random | 1 | mean of 2 draws | 0.30 | 0.15 | – | 0.10 | 0.30 | – |" in lines[4]  # no attempt rate yet
