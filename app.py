@@ -286,6 +286,8 @@ with gr.Blocks(title="Safety heads", delete_cache=(3600, 3600)) as demo:
     pair = [f.model_a, f.model_b, h.prompt_set]
     on_pair = [demo.load, f.model_a.change, f.model_b.change, h.prompt_set.change]
     gr.on(on_pair, f.model_figure, pair, [f.model_plot, f.model_note], api_name="top10_by_model")
+    on_methods = [demo.load, model.change, f.methods_mode.change]
+    gr.on(on_methods, f.methods_figure, [model, f.methods_mode], [f.methods_plot, f.methods_note], api_name="methods")
 
 if __name__ == "__main__":
     demo.queue(**QUEUE).launch(show_error=True)

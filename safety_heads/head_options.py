@@ -15,7 +15,7 @@ import numpy as np
 
 from .ablation import Head
 from .precomputed import Precomputed, PrecomputedError, available, load, model_slug, precomputed_root
-from .rankings import basis
+from .rankings import basis, display_order
 
 # The prompt sets the precomputed head lists come from, as shown on screen.
 PROMPT_SET_LABELS = {"jailbreakbench": "JailbreakBench", "maliciousinstruct": "MaliciousInstruct"}
@@ -102,7 +102,12 @@ def suggestion(model: str, root: Path | None = None) -> Suggestion | None:
     try:
         rows = json.loads((folder / "summary.json").read_text(encoding="utf-8"))["ablations"]
         refused = [
-            r for r in rows if r.get("subset") == "refused" and r["k"] <= 3 and r["heads_from"] != r["evaluated_on"]
+            r
+            for r in rows
+            if r.get("subset") == "refused"
+            and r["k"] <= 3
+            and r["heads_from"] != r["evaluated_on"]
+            and r["evaluated_on"] in PROMPT_SET_LABELS  # the two sets' cross directions, not a held-out set
         ]
     except (OSError, ValueError, KeyError, TypeError):  # none measured, or a damaged file
         return None
@@ -130,6 +135,31 @@ def suggestion(model: str, root: Path | None = None) -> Suggestion | None:
         f"{row['coherent_asr']:.2f}{against} (summary.json)."
     )
     return Suggestion(row["heads_from"], mode, ranking, heads, note)
+
+
+def summary_rows(model: str, root: Path | None = None) -> list[dict]:
+    """summary.json's grid rows for a model; none where it is missing or damaged."""
+    path = (precomputed_root() if root is None else root) / model_slug(model) / "summary.json"
+    try:
+        return list(json.loads(path.read_text(encoding="utf-8"))["ablations"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def method_curves(rows: list[dict], mode: str, metric: str) -> dict[str, tuple[dict, dict]]:
+    """Per direction of the grid ("JailbreakBench → MaliciousInstruct"), on the prompts the intact model refuses:
+    each ranking's {k: rate} and random heads' {k: [rate per draw]}."""
+    panels: dict[str, tuple[dict, dict]] = {}
+    for row in rows:
+        if row.get("subset") != "refused" or row["mode"] != mode or row["ranking"] == "none":
+            continue
+        where = " → ".join(PROMPT_SET_LABELS.get(s, s) for s in (row["heads_from"], row["evaluated_on"]))
+        curves, random = panels.setdefault(where, ({}, {}))
+        if row["ranking"] == "random":
+            random.setdefault(row["k"], []).append(row[metric])
+        else:
+            curves.setdefault(row["ranking"], {})[row["k"]] = row[metric]
+    return {where: ({name: c[name] for name in display_order(c)}, r) for where, (c, r) in sorted(panels.items())}
 
 
 def figure_file(model: str, prompt_set: str, mode: str, root: Path | None = None) -> Precomputed | None:

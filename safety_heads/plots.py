@@ -5,7 +5,8 @@
   style per mode, coloured by their score;
 - `top10_scatter`: the paper's model-vs-model view: per mode, each model's top-10 by layer and score;
 - `attention_heatmaps`: one head's attention pattern on a prompt, intact and ablated, as two T x T grids;
-- `asr_bars`: attack success rates of the intact, ablated and random-control runs.
+- `asr_bars`: attack success rates of the intact, ablated and random-control runs;
+- `method_curves`: per ranking, a grid rate against the number of heads k, beside the band of random heads.
 
 Heads are (layer, head) pairs counted from 0 and written "L-H" (see `ablation.format_head`); every hover
 names the layer, the head and the value.
@@ -24,6 +25,7 @@ from .ablation import Head, format_head
 TOP_COLOR = "#111111"
 SELECTED_COLOR = "#e4002b"
 BAR_COLORS = ("#4c78a8", "#e4572e", "#9d9d9d")
+PALETTE = ("#4c78a8", "#e4572e", "#54a24b", "#b279a2", "#f58518", "#72b7b2", "#9d755d", "#eeca3b")
 # As in the paper: circles for undifferentiated attention, crosses for scaling contribution.
 MODE_MARKERS = {
     "UA": ("circle", "UA top-10 (circles): undifferentiated attention"),
@@ -308,4 +310,40 @@ def asr_bars(rates: Mapping[str, Mapping[str, float]], *, title: str = "") -> go
         height=360,
         margin={"l": 50, "r": 20, "t": 50, "b": 40},
     )
+    return fig
+
+
+Curve = dict[int, float]  # k -> rate
+
+
+def method_curves(
+    panels: Mapping[str, tuple[Mapping[str, Curve], Mapping[int, Sequence[float]]]],
+    *,
+    metric: str = "rate",
+    title: str = "",
+) -> go.Figure:
+    """One panel per entry: {ranking: {k: rate}} as lines, and random heads' draws {k: [rates]} as a grey band
+    from the lowest to the highest draw (the band is drawn only where a k has draws)."""
+    fig = make_subplots(rows=1, cols=max(len(panels), 1), subplot_titles=list(panels), shared_yaxes=True)
+    for col, (curves, random) in enumerate(panels.values(), start=1):
+        ks = sorted(random)
+        if ks:
+            low, high = [min(random[k]) for k in ks], [max(random[k]) for k in ks]
+            band = {"x": ks + ks[::-1], "y": high + low[::-1], "fill": "toself", "mode": "lines"}
+            fig.add_trace(
+                go.Scatter(**band, line={"width": 0}, fillcolor="rgba(157,157,157,0.35)", name="random heads",
+                           legendgroup="random", showlegend=col == 1, hoverinfo="skip"),
+                row=1, col=col,
+            )  # fmt: skip
+        for i, (ranking, curve) in enumerate(curves.items()):
+            k = sorted(curve)
+            fig.add_trace(
+                go.Scatter(x=k, y=[curve[x] for x in k], mode="lines+markers", name=ranking, legendgroup=ranking,
+                           showlegend=col == 1, line={"color": PALETTE[i % len(PALETTE)]},
+                           hovertemplate=ranking + "<br>k=%{x}: %{y:.2f}<extra></extra>"),
+                row=1, col=col,
+            )  # fmt: skip
+        fig.update_xaxes(title_text="heads ablated (k)", row=1, col=col)
+    fig.update_yaxes(range=[0, 1], title_text=metric, row=1, col=1)
+    fig.update_layout(title={"text": title}, height=420, margin={"l": 60, "r": 20, "t": 80, "b": 50})
     return fig

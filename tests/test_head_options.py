@@ -47,6 +47,8 @@ def test_suggested_heads_are_the_best_measured_cross_set_ablation(tmp_path):
         grid_row("generalized", jbb, mi, FIXTURE_TOP[:3], 0.99, subset="all"),  # read on the refused subset only
         grid_row("ships", jbb, mi, FIXTURE_TOP[:5], 0.9),  # more than 3 heads: never suggested
         grid_row("refusal", jbb, mi, FIXTURE_TOP[6:9], 0.95),  # one direction only: ranked below both
+        grid_row("refusal", mi, jbb, FIXTURE_TOP[6:9], 0.0),  # the other direction, at 0.475 on average...
+        grid_row("refusal", jbb, "advbench", FIXTURE_TOP[6:9], 0.9),  # ...a held-out set does not raise it
         grid_row("random", jbb, mi, [(0, 0), (1, 1), (2, 2)], 0.1),
         grid_row("random", jbb, mi, [(0, 1), (1, 2), (2, 3)], 0.2),
     ]
@@ -109,3 +111,33 @@ def test_real_precomputed_files_if_present(monkeypatch):
         figure, note = figures_tab.set_figure(slug)
         assert figure is not None, note
         figure.to_json()
+
+
+def test_the_methods_figure_draws_each_ranking_against_k_beside_the_random_band(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFETY_HEADS_PRECOMPUTED", str(tmp_path))
+    jbb, mi = "jailbreakbench", "maliciousinstruct"
+    rows = [
+        grid_row("refusal", jbb, mi, FIXTURE_TOP[:1], 0.2, mode="SC"),
+        grid_row("refusal", jbb, mi, FIXTURE_TOP[:3], 0.6, mode="SC"),
+        grid_row("ships", jbb, mi, FIXTURE_TOP[:3], 0.1, mode="SC"),
+        grid_row("random", jbb, mi, [(0, 0), (1, 1), (2, 2)], 0.0, mode="SC"),
+        grid_row("random", jbb, mi, [(0, 1), (1, 2), (2, 3)], 0.1, mode="SC"),
+        grid_row("refusal", mi, jbb, FIXTURE_TOP[:3], 0.4, mode="SC"),
+        grid_row("refusal", jbb, mi, FIXTURE_TOP[:3], 0.9, mode="UA"),  # the other mode
+        grid_row("refusal", jbb, mi, FIXTURE_TOP[:3], 0.9, subset="all", mode="SC"),  # not the refused prompts
+        grid_row("none", "-", mi, [], 0.0, mode="UA"),
+    ]
+    (tmp_path / MODEL).mkdir()
+    (tmp_path / MODEL / "summary.json").write_text(json.dumps({"ablations": rows}))
+    figure, note = figures_tab.methods_figure(MODEL, "SC")
+    assert "coherent ASR" in note  # these rows have no attempt rate
+    assert [a.text for a in figure.layout.annotations] == [
+        "JailbreakBench → MaliciousInstruct",
+        "MaliciousInstruct → JailbreakBench",
+    ]
+    first = [t for t in figure.data if t.xaxis == "x"]
+    assert [t.name for t in first] == ["random heads", "ships", "refusal"]  # the registry's order
+    band, ships, refusal = first
+    assert list(band.x) == [3, 3] and list(band.y) == [0.1, 0.0]
+    assert (list(refusal.x), list(refusal.y)) == ([1, 3], [0.2, 0.6]) and list(ships.y) == [0.1]
+    assert figures_tab.methods_figure("absent", "SC")[0] is None

@@ -1,7 +1,9 @@
 """The "Paper figures" tab: the paper's two views of the top-10 safety heads, drawn from the precomputed files.
 
 - per model: "Top-10 safety heads on JailbreakBench and MaliciousInstruct", UA and SC heads on one map;
-- per prompt set: "Top-10 safety heads, model A vs model B", one panel per mode.
+- per prompt set: "Top-10 safety heads, model A vs model B", one panel per mode;
+- ours: which ranking finds refusal heads, each ranking's grid rate against the number of heads k beside the
+  band of random heads, on the prompts the intact model refuses, per direction of the cross-set grid.
 
 Heads are ranked, placed and coloured by generalized Ships, as in the paper. A missing file leaves its
 markers out and the note says which.
@@ -15,7 +17,15 @@ import gradio as gr
 
 from .. import plots
 from ..ablation import MODES, Mode
-from ..head_options import FIGURE_RANKING, PROMPT_SET_LABELS, figure_file, precomputed_models, ranked
+from ..head_options import (
+    FIGURE_RANKING,
+    PROMPT_SET_LABELS,
+    figure_file,
+    method_curves,
+    precomputed_models,
+    ranked,
+    summary_rows,
+)
 from ..precomputed import Precomputed
 
 MODE_TITLES = {
@@ -71,6 +81,19 @@ def model_figure(model_a: str, model_b: str, prompt_set: str):
     return figure, f"{label}, one marker style per model.{missing}"
 
 
+def methods_figure(model: str, mode: Mode):
+    """Each ranking's attempt rate (or, for grids measured before it, coherent ASR) against k, with random heads."""
+    rows = summary_rows(model)
+    metric = "attempt_rate" if rows and all(r.get("attempt_rate") is not None for r in rows) else "coherent_asr"
+    panels = method_curves(rows, mode, metric)
+    if not panels:
+        return None, f"No grid measured for **{model}** under {mode} yet."
+    title = f"{model}, {mode}: which ranking finds refusal heads (prompts the intact model refuses)"
+    figure = plots.method_curves(panels, metric=metric.replace("_", " "), title=title)
+    label = "attempt rate (the opening sentence does not decline)" if metric == "attempt_rate" else "coherent ASR"
+    return figure, f"{label} of the grid's answers; grey: the lowest to the highest random draw of k heads."
+
+
 models = precomputed_models()
 with gr.Blocks() as block:
     set_note = gr.Markdown()
@@ -80,3 +103,6 @@ with gr.Blocks() as block:
         model_b = gr.Dropdown(models, value=models[1] if len(models) > 1 else None, label="Model B")
     model_note = gr.Markdown()
     model_plot = gr.Plot(label="Top-10 safety heads, model A vs model B (prompt set as chosen above)")
+    methods_mode = gr.Radio(list(MODES), value="SC", label="Ablation of the grid")
+    methods_note = gr.Markdown()
+    methods_plot = gr.Plot(label="Which ranking finds refusal heads: rate against k, random heads in grey")
