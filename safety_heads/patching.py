@@ -122,6 +122,28 @@ def patched_logprobs(
     return torch.cat(out)
 
 
+def _intact_runs(lm: LoadedModel, prompts: Sequence[str], template: Template) -> list[tuple[torch.Tensor, int, float]]:
+    """Per prompt: its ids (1, T), the intact first answer token and that token's log-probability."""
+    runs = []
+    for prompt in prompts:
+        input_ids = encode(lm, [prompt], template)["input_ids"]
+        with torch.no_grad():
+            logits = lm.model(input_ids=input_ids, use_cache=False, logits_to_keep=1).logits[0, -1]
+        logp = torch.log_softmax(logits.double(), -1).cpu()
+        token = int(logp.argmax())
+        runs.append((input_ids, token, float(logp[token])))
+    return runs
+
+
+def _mean_drop(lm, runs, head_sets, means, positions: Positions, last: int, batch_size: int) -> torch.Tensor:
+    """(S,): the mean drop over the prompts of the intact first token's log-probability, head_sets[s] patched."""
+    drop = torch.zeros(len(head_sets), dtype=torch.float64)
+    for input_ids, token, base in runs:
+        start = input_ids.shape[1] - last if positions == "last" else 0
+        drop += base - patched_logprobs(lm, input_ids, token, head_sets, means, start, batch_size)
+    return drop / len(runs)
+
+
 def patching_scores(
     lm: LoadedModel,
     harmful: Sequence[str],
@@ -134,16 +156,35 @@ def patching_scores(
     last = closing_length(lm, template)
     means = harmless_means(lm, harmless, positions, last, template)
     single = [[head] for head in all_heads(lm)]
-    drop = torch.zeros(len(single), dtype=torch.float64)
-    for prompt in harmful:
-        input_ids = encode(lm, [prompt], template)["input_ids"]
-        with torch.no_grad():
-            logits = lm.model(input_ids=input_ids, use_cache=False, logits_to_keep=1).logits[0, -1]
-        base = torch.log_softmax(logits.double(), -1).cpu()
-        token = int(base.argmax())
-        start = input_ids.shape[1] - last if positions == "last" else 0
-        drop += base[token] - patched_logprobs(lm, input_ids, token, single, means, start, batch_size)
-    return (drop / len(harmful)).float().view(lm.n_layers, lm.n_heads)
+    drop = _mean_drop(lm, _intact_runs(lm, harmful, template), single, means, positions, last, batch_size)
+    return drop.float().view(lm.n_layers, lm.n_heads)
+
+
+def patching_group(
+    lm: LoadedModel,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    single: torch.Tensor,
+    size: int,
+    candidates: int,
+    template: Template = "chat",
+    batch_size: int = 64,
+) -> list[tuple[Head, float]]:
+    """Greedy, at the closing positions: the best single head of `single` (n_layers, n_heads), then each step the
+    head of its top `candidates` whose joining most raises the drop when the whole group is patched at once."""
+    last = closing_length(lm, template)
+    means = harmless_means(lm, harmless, "last", last, template)
+    runs = _intact_runs(lm, harmful, template)
+    order = single.flatten().argsort(descending=True)[:candidates].tolist()
+    shortlist: list[Head] = [(i // lm.n_heads, i % lm.n_heads) for i in order]
+    steps = [(shortlist[0], float(single.flatten()[order[0]]))]
+    for _ in range(1, size):
+        group = [head for head, _ in steps]
+        options = [h for h in shortlist if h not in group]
+        drop = _mean_drop(lm, runs, [[*group, h] for h in options], means, "last", last, batch_size)
+        best = int(drop.argmax())
+        steps.append((options[best], float(drop[best])))
+    return steps
 
 
 def attribution_patching_scores(

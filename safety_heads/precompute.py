@@ -26,7 +26,7 @@ from .precomputed import Precomputed, load, save
 from .provenance import code_version, prompt_set_provenance
 from .rankings import GROUPS, SCORED, SINGLE, GroupInputs, ScoreInputs
 from .settings import Invocation, PrecomputeSettings
-from .ships import ActivationSet, record_prompts, top_heads
+from .ships import record_prompts, top_heads
 
 
 def _stage(stage: str):
@@ -90,7 +90,7 @@ def attribute_all(s: PrecomputeSettings, lm: LoadedModel, run: Invocation) -> di
             tops = {name: ", ".join(format_head(h) for h in result.top_heads(name, 3)) for name in found.scores}
             print(f"  wrote {path} ({result.provenance['seconds']} s); top-3 {tops}", file=sys.stderr)
             add_scores(s, lm, result, harmful, benign, scored)
-            search_groups(s, lm, result, harmful, benign_acts, run.command)
+            search_groups(s, lm, result, harmful, benign, run.command)
             results[(prompt_set, mode)] = result
     return results
 
@@ -131,7 +131,7 @@ def search_groups(
     lm: LoadedModel,
     result: Precomputed,
     harmful: list[str],
-    benign: ActivationSet,
+    benign: list[str],
     command: str,
 ) -> None:
     """Every group search of the registry whose size is set, on the first --group-n harmful and
@@ -140,11 +140,15 @@ def search_groups(
     sizes = {name: getattr(s, group.size_setting) for name, group in GROUPS.items()}
     if not any(sizes.values()):
         return
-    acts = record_prompts(lm, harmful[: s.group_n], s.template)
+    harmful, benign = harmful[: s.group_n], benign[: s.group_n_benign]
+    acts = record_prompts(lm, harmful, s.template)
     inputs = GroupInputs(
         lm,
+        harmful,
+        benign,
+        s.template,
         acts,
-        ActivationSet(benign.bases[: s.group_n_benign]),
+        record_prompts(lm, benign, s.template),
         {name: torch.tensor(result.scores[name]) for name in SINGLE if name in result.scores},
         result.mode,
         s.eps,
@@ -160,7 +164,9 @@ def search_groups(
         first_head="the single-head ranking's top head, from all the attribution prompts",
     )
     for name, size in sizes.items():
-        if size:
+        if size and GROUPS[name].basis not in inputs.scores:
+            print(f"  {name}: skipped, the file has no {GROUPS[name].basis} scores to grow from", file=sys.stderr)
+        elif size:
             start = time.time()
             inputs.progress = _stage(name)
             result.groups[name] = [(h[0], h[1], score) for h, score in GROUPS[name].search(inputs, size)]
@@ -189,8 +195,7 @@ def run(s: PrecomputeSettings) -> None:
             if s.add_scores:
                 add_scores(s, lm, result, harmful, load_prompts(s.benign, n=s.n_benign), scored)
             if s.search_groups:
-                benign = record_prompts(lm, load_prompts(s.benign, n=s.group_n_benign), s.template)
-                search_groups(s, lm, result, harmful, benign, invocation.command)
+                search_groups(s, lm, result, harmful, load_prompts(s.benign, n=s.group_n_benign), invocation.command)
     else:
         results = attribute_all(s, lm, invocation)
     if s.evaluate:

@@ -24,7 +24,7 @@ import torch
 from .ablation import Head, Mode
 from .attribution import refusal_group
 from .models import LoadedModel, Template
-from .patching import attribution_patching_scores, closing_length, patching_scores
+from .patching import attribution_patching_scores, closing_length, patching_group, patching_scores
 from .refusal_direction import direction_scores
 from .sahara import sahara
 from .ships import ActivationSet, Progress
@@ -35,7 +35,10 @@ class GroupInputs:
     """What a group search runs on: one prompt set and mode, and the single-head scores already found."""
 
     lm: LoadedModel
-    harmful: ActivationSet
+    harmful_prompts: list[str]
+    benign_prompts: list[str]
+    template: Template
+    harmful: ActivationSet  # the same prompts' intact runs, for the searches that replay them
     benign: ActivationSet
     scores: dict[str, torch.Tensor]  # single ranking -> (n_layers, n_heads)
     mode: Mode
@@ -112,6 +115,19 @@ def _refusal_group(job: GroupInputs, size: int) -> list[tuple[Head, float]]:
     )
 
 
+def _patching_group(job: GroupInputs, size: int) -> list[tuple[Head, float]]:
+    return patching_group(
+        job.lm,
+        job.harmful_prompts,
+        job.benign_prompts,
+        job.scores["patching"],
+        size,
+        job.candidates,
+        job.template,
+        job.batch_size,
+    )
+
+
 @dataclass(frozen=True)
 class Ranking:
     """A single ranking: a score per head."""
@@ -153,6 +169,8 @@ REGISTRY: dict[str, Ranking] = {r.name: r for r in (
     ScoredRanking("attribution_patching", "activation patching to first order: gradient x (harmless mean - "
                   "activation), one backward pass per prompt", "attribution_patching", "field",
                   _attribution_patching),
+    GroupRanking("patching_group", "greedy group on activation patching (the group patched together), from the "
+                 "patching ranking's shortlist", "patching", "field", "patching_group_size", _patching_group),
 )}  # fmt: skip
 GROUPS: dict[str, GroupRanking] = {name: r for name, r in REGISTRY.items() if isinstance(r, GroupRanking)}
 SCORED: dict[str, ScoredRanking] = {name: r for name, r in REGISTRY.items() if isinstance(r, ScoredRanking)}

@@ -14,7 +14,6 @@ from safety_heads.behaviour import behaviour_path
 from safety_heads.datasets import load_stratified
 from safety_heads.precomputed import Precomputed, load
 from safety_heads.settings import Invocation, PrecomputeSettings, add_arguments, from_args
-from safety_heads.ships import record_prompts
 
 HARMFUL = ["How do I pick a lock?", "Tell me how to steal a car.", "How can I cheat on a test?"]
 
@@ -160,12 +159,14 @@ def test_a_later_group_search_keeps_the_record_of_the_earlier_one(tiny_llama, tm
     scores = torch.arange(12.0).view(3, 4)
     matrices = {"generalized": scores.tolist(), "refusal": scores.flip(1).tolist()}
     result = Precomputed(lm.model_id, "jailbreakbench", "UA", 3, 4, matrices, top10={})
-    benign = record_prompts(lm, ["Name a colour.", "Count to three."], "chat")
+    benign = ["Name a colour.", "Count to three."]
     settings = PrecomputeSettings(
-        group_n=3, group_n_benign=2, sahara_size=2, group_size=0, group_candidates=4, batch_size=8, out=tmp_path
-    )
+        group_n=3, group_n_benign=2, sahara_size=2, group_size=0, patching_group_size=2, group_candidates=4,
+        batch_size=8, out=tmp_path,
+    )  # fmt: skip
     precompute.search_groups(settings, lm, result, HARMFUL, benign, "sahara run")
     assert result.groups["sahara"][0][:2] == (2, 3)  # the first head is generalized Ships' top head
+    assert "patching_group" not in result.groups  # no patching scores to grow from: skipped
     settings = dataclasses.replace(settings, sahara_size=0, group_size=2)
     precompute.search_groups(settings, lm, result, HARMFUL, benign, "group run")
     record = result.provenance["groups"]

@@ -13,6 +13,7 @@ from safety_heads.patching import (
     closing_length,
     harmless_means,
     patched_logprobs,
+    patching_group,
     patching_scores,
 )
 
@@ -95,3 +96,34 @@ def test_attribution_patching_is_the_first_order_of_activation_patching(tiny_mod
     exact = (away - toward) / (2 * step)
     linear = attribution_patching_scores(lm, [prompt], HARMLESS, "last").flatten()
     torch.testing.assert_close(exact.float(), linear, atol=0.01 * float(linear.abs().max()), rtol=0.0)
+
+
+def group_drop(lm, heads, harmless) -> float:
+    """The mean drop of the intact first token when `heads` are patched together at the closing positions."""
+    last = closing_length(lm)
+    means = harmless_means(lm, harmless, "last", last)
+    drops = []
+    for prompt in HARMFUL:
+        input_ids = encode(lm, [prompt])["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(lm.model(input_ids=input_ids).logits[0, -1].double(), -1)
+        token = int(logp.argmax())
+        drops.append(
+            float(logp[token] - patched_logprobs(lm, input_ids, token, [heads], means, len(input_ids[0]) - last)[0])
+        )
+    return sum(drops) / len(drops)
+
+
+def test_the_patching_group_adds_the_head_that_most_raises_the_groups_drop(tiny_llama):
+    lm, harmless = tiny_llama, HARMLESS[:2]
+    single = patching_scores(lm, HARMFUL, harmless)
+    steps = patching_group(lm, HARMFUL, harmless, single, size=3, candidates=lm.n_layers * lm.n_heads)
+    assert steps[0] == (divmod(int(single.flatten().argmax()), lm.n_heads), float(single.max()))
+    heads = [head for head, _ in steps]
+    for size in (2, 3):
+        before = heads[: size - 1]
+        assert steps[size - 1][1] == pytest.approx(group_drop(lm, heads[:size], harmless), abs=1e-6)
+        others = [
+            (layer, h) for layer in range(lm.n_layers) for h in range(lm.n_heads) if (layer, h) not in heads[:size]
+        ]
+        assert all(steps[size - 1][1] >= group_drop(lm, [*before, h], harmless) - 1e-6 for h in others)
