@@ -124,6 +124,7 @@ def test_a_held_out_set_answers_every_sets_heads_on_its_own_first_rows(tiny_llam
         ("ships", "maliciousinstruct"),
     }
     assert {r["subset"] for r in held_out} == {"all", "refused"}
+    assert all(r.get("xstest_safe_refusal") is None for r in held_out)  # read in the heads' cross-set rows
     answers = [json.loads(line) for line in path.with_name("answers.jsonl").read_text().splitlines()]
     assert {len(a["answers"]) for a in answers if a["set"] == "advbench"} == {2}
     assert summary["settings"]["held_out_n"] == 2
