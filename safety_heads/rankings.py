@@ -85,6 +85,10 @@ def _attribution_patching(job: ScoreInputs) -> tuple[torch.Tensor, dict]:
     return attribution_patching_scores(job.lm, job.harmful, job.benign, "last", job.template), record
 
 
+def _attribution_patching_all(job: ScoreInputs) -> tuple[torch.Tensor, dict]:
+    return attribution_patching_scores(job.lm, job.harmful, job.benign, "all", job.template), {"positions": "all"}
+
+
 def _sahara(job: GroupInputs, size: int) -> list[tuple[Head, float]]:
     steps = sahara(
         job.lm,
@@ -169,6 +173,8 @@ REGISTRY: dict[str, Ranking] = {r.name: r for r in (
     ScoredRanking("attribution_patching", "activation patching to first order: gradient x (harmless mean - "
                   "activation), one backward pass per prompt", "attribution_patching", "field",
                   _attribution_patching),
+    ScoredRanking("attribution_patching_all", "attribution patching at every prompt position, toward the head's "
+                  "mean over every harmless token", "attribution_patching_all", "field", _attribution_patching_all),
     GroupRanking("patching_group", "greedy group on activation patching (the group patched together), from the "
                  "patching ranking's shortlist", "patching", "field", "patching_group_size", _patching_group),
 )}  # fmt: skip
