@@ -85,6 +85,18 @@ def test_many_rows_take_the_exact_float32_weights():
     assert not torch.equal(layer(few), few @ weight.T)  # the kernel: bfloat16 activations
 
 
+def test_a_gradient_goes_through_the_float32_weights():
+    """The kernels have no backward: with a gradient asked for, even a few rows take the float32 weights."""
+    weight, bias = torch.randn(96, 128) * 0.05, torch.randn(96)
+    layer = Int8Linear.from_float(weight, bias)
+    x = torch.randn(2, 128, requires_grad=True)
+    torch.testing.assert_close(layer(x), x @ layer.weight.T + bias)
+    (grad,) = torch.autograd.grad(layer(x).sum(), x)
+    torch.testing.assert_close(grad, layer.weight.sum(0).expand(2, -1))
+    with torch.no_grad():
+        assert not torch.equal(layer(x), x @ layer.weight.T + bias)  # no gradient: the kernel
+
+
 def test_int8_layer_matches_its_float_weights():
     weight, bias = torch.randn(96, 128) * 0.05, torch.randn(96)
     layer = Int8Linear.from_float(weight, bias)
