@@ -16,7 +16,7 @@ candidates (a shortlist, so a CPU can afford it; the shortlist size is recorded)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -135,6 +135,30 @@ def group_refusal_scores(
     return drop / len(harmful.bases) - kl / len(benign.bases)
 
 
+def greedy_group(
+    single: torch.Tensor,
+    size: int,
+    candidates: int,
+    group_scores: Callable[[list[list[Head]]], torch.Tensor],
+    progress: Progress | None = None,
+) -> list[tuple[Head, float]]:
+    """Greedy: the best head of `single` (n_layers, n_heads), then each step the head of its top `candidates` whose
+    joining gives the group the highest score (`group_scores`: one score per candidate group)."""
+    n_heads = single.shape[1]
+    order = single.flatten().argsort(descending=True)[:candidates].tolist()
+    shortlist: list[Head] = [(i // n_heads, i % n_heads) for i in order]
+    steps = [(shortlist[0], float(single.flatten()[order[0]]))]
+    for step in range(1, size):
+        group = [head for head, _ in steps]
+        options = [h for h in shortlist if h not in group]
+        scores = group_scores([[*group, h] for h in options])
+        best = int(scores.argmax())
+        steps.append((options[best], float(scores[best])))
+        if progress:
+            progress(step + 1, size)
+    return steps
+
+
 def refusal_group(
     lm: LoadedModel,
     harmful: ActivationSet,
@@ -147,22 +171,12 @@ def refusal_group(
     batch_size: int = 64,
     progress: Progress | None = None,
 ) -> list[tuple[Head, float]]:
-    """Greedy: the best single head, then each step the shortlisted head that most raises the group's score.
+    """`greedy_group` on the refusal score of the heads ablated together; `single` is the refusal ranking."""
 
-    `single` is the (n_layers, n_heads) refusal ranking; its top `candidates` heads form the shortlist.
-    """
-    order = single.flatten().argsort(descending=True)[:candidates].tolist()
-    shortlist: list[Head] = [(i // lm.n_heads, i % lm.n_heads) for i in order]
-    steps = [(shortlist[0], float(single.flatten()[order[0]]))]
-    for step in range(1, size):
-        group = [head for head, _ in steps]
-        options = [h for h in shortlist if h not in group]
-        scores = group_refusal_scores(lm, harmful, benign, [[*group, h] for h in options], mode, eps, batch_size)
-        best = int(scores.argmax())
-        steps.append((options[best], float(scores[best])))
-        if progress:
-            progress(step + 1, size)
-    return steps
+    def scores(head_sets: list[list[Head]]) -> torch.Tensor:
+        return group_refusal_scores(lm, harmful, benign, head_sets, mode, eps, batch_size)
+
+    return greedy_group(single, size, candidates, scores, progress)
 
 
 def random_heads(lm: LoadedModel, k: int, seed: int, exclude: Sequence[Head] = ()) -> list[Head]:

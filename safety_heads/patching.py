@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .ablation import Head, HookKind, hook_point, hooked
+from .attribution import greedy_group
 from .models import LoadedModel, Template, encode
 from .ships import all_heads
 
@@ -170,21 +171,16 @@ def patching_group(
     template: Template = "chat",
     batch_size: int = 64,
 ) -> list[tuple[Head, float]]:
-    """Greedy, at the closing positions: the best single head of `single` (n_layers, n_heads), then each step the
-    head of its top `candidates` whose joining most raises the drop when the whole group is patched at once."""
+    """`attribution.greedy_group` at the closing positions, on the drop when the whole group is patched at once;
+    `single` is the patching ranking."""
     last = closing_length(lm, template)
     means = harmless_means(lm, harmless, "last", last, template)
     runs = _intact_runs(lm, harmful, template)
-    order = single.flatten().argsort(descending=True)[:candidates].tolist()
-    shortlist: list[Head] = [(i // lm.n_heads, i % lm.n_heads) for i in order]
-    steps = [(shortlist[0], float(single.flatten()[order[0]]))]
-    for _ in range(1, size):
-        group = [head for head, _ in steps]
-        options = [h for h in shortlist if h not in group]
-        drop = _mean_drop(lm, runs, [[*group, h] for h in options], means, "last", last, batch_size)
-        best = int(drop.argmax())
-        steps.append((options[best], float(drop[best])))
-    return steps
+
+    def drops(head_sets: list[list[Head]]) -> torch.Tensor:
+        return _mean_drop(lm, runs, head_sets, means, "last", last, batch_size)
+
+    return greedy_group(single, size, candidates, drops)
 
 
 def attribution_patching_scores(
