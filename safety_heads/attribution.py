@@ -16,7 +16,7 @@ candidates (a shortlist, so a CPU can afford it; the shortlist size is recorded)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -179,7 +179,7 @@ def refusal_group(
     return greedy_group(single, size, candidates, scores, progress)
 
 
-def random_heads(lm: LoadedModel, k: int, seed: int, exclude: Sequence[Head] = ()) -> list[Head]:
+def random_heads(lm: LoadedModel, k: int, seed: int, exclude: Collection[Head] = ()) -> list[Head]:
     """k distinct heads drawn uniformly and reproducibly from those not in `exclude`, sorted: the random control
     for any k heads, in the grid and in the app.
 

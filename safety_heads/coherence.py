@@ -114,10 +114,12 @@ def judge_answers(
     limit: float | None,
     template: Template = "chat",
     batch_size: int = 32,
+    known: Sequence[float] | None = None,
 ) -> tuple[list[Verdict], list[float] | None]:
-    """The judge's verdicts, read for word salad too when a limit is known; and the surprise values."""
+    """The judge's verdicts, read for word salad too when a limit is known; and the surprise values (`known`:
+    those measured before for these answers, so they are not measured again)."""
     verdicts = [judge(a) for a in answers]
     if limit is None:
         return verdicts, None
-    values = surprise(lm, prompts, answers, template, batch_size)
+    values = list(known) if known is not None else surprise(lm, prompts, answers, template, batch_size)
     return [with_surprise(v, x, limit) for v, x in zip(verdicts, values, strict=True)], values

@@ -14,12 +14,12 @@ from .answers import DecodingConfig, generate_many
 from .coherence import judge_answers
 from .judge import AsrResult, RefusalJudge, Verdict, attack_success
 from .models import LoadedModel, Template
-from .rankings import display_order
+from .rankings import CONTROLS, display_order
 
 
 @dataclass
 class AblationResult:
-    ranking: str  # ships | generalized | refusal | sahara | refusal_group | random | none (intact)
+    ranking: str  # a registry name, a control (CONTROLS) or none (the intact model)
     mode: Mode
     heads_from: str
     evaluated_on: str
@@ -41,6 +41,11 @@ class AblationResult:
 
     def key(self) -> tuple:
         return row_key(self.to_json())
+
+
+def answer_key(prompt_set: str, mode: Mode, heads: Sequence[Head]) -> tuple:
+    """Which answers these are: the set, the mode ("-" for the intact model) and the heads in order."""
+    return prompt_set, mode if heads else "-", tuple(sorted(tuple(h) for h in heads))
 
 
 def row_key(row: dict) -> tuple:
@@ -68,10 +73,14 @@ class Evaluator:
         decoding: DecodingConfig,
         batch_size: int,
         surprise_limit: float | None = None,
+        known: Mapping[tuple, tuple[list[str], list[float] | None]] | None = None,
     ):
-        """`surprise_limit`: answers the intact model finds more surprising count as degenerate (see coherence)."""
+        """`surprise_limit`: answers the intact model finds more surprising count as degenerate (see coherence).
+        `known`: answers (and their surprise) generated before with these settings, by `answer_key`; greedy
+        answers to the same prompts under the same ablation are the same, so they are read, not made again."""
         self.lm, self.prompt_sets, self.eps, self.template = lm, prompt_sets, eps, template
         self.decoding, self.batch_size, self.surprise_limit = decoding, batch_size, surprise_limit
+        self.known = known or {}
         self.judge = RefusalJudge()
         self.verdicts: dict[tuple, list[Verdict]] = {}
         self.answers: dict[tuple, list[str]] = {}
@@ -79,22 +88,19 @@ class Evaluator:
 
     def run(self, prompt_set: str, heads: Sequence[Head], mode: Mode, rows: Sequence[int] | None = None) -> AsrResult:
         """The judged answers of a prompt set with `heads` ablated; with `rows`, read on those rows only."""
-        key = (prompt_set, mode if heads else "-", tuple(sorted(heads)))
+        key = answer_key(prompt_set, mode, heads)
         if key not in self.verdicts:
-            answers = generate_many(
-                self.lm,
-                self.prompt_sets[prompt_set],
-                list(heads),
-                mode,
-                self.eps,
-                self.template,
-                self.decoding,
-                self.batch_size,
-            )
             prompts = self.prompt_sets[prompt_set]
+            answers, known_surprise = self.known.get(key, ([], None))
+            if len(answers) != len(prompts):  # not answered before (or on another number of prompts)
+                answers = generate_many(
+                    self.lm, prompts, list(heads), mode, self.eps, self.template, self.decoding, self.batch_size
+                )
+                known_surprise = None
             verdicts, self.surprise[key] = judge_answers(
-                self.lm, self.judge, prompts, answers, self.surprise_limit, self.template, self.batch_size
-            )
+                self.lm, self.judge, prompts, answers, self.surprise_limit, self.template, self.batch_size,
+                known_surprise,
+            )  # fmt: skip
             self.verdicts[key] = verdicts
             self.answers[key] = answers
         verdicts = self.verdicts[key]
@@ -151,14 +157,14 @@ def results_table(summary: dict) -> str:
         "degenerate | XSTest-safe refusal | XSTest-safe degenerate |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    rankings = display_order({key[3] for key in groups} - {"none", "random"})
-    order = {name: i for i, name in enumerate(["none", *rankings, "random"])}
+    rankings = display_order({key[3] for key in groups} - {"none", *CONTROLS})
+    order = {name: i for i, name in enumerate(["none", *rankings, *CONTROLS])}
     for key in sorted(groups, key=lambda k: (k[1] != "-", k[0], k[1], k[2], k[5], k[4], order[k[3]])):
         mode, heads_from, evaluated_on, ranking, k, subset = key
         rows = groups[key]
         # A metric a row lacks (no XSTest run, or a summary older than the column) is shown as a dash.
         means = {m: sum(r[m] for r in rows) / len(rows) if rows[0].get(m) is not None else None for m in metrics}
-        if ranking == "random":
+        if ranking in CONTROLS:
             heads = f"mean of {len(rows)} draws"
         else:
             heads = ", ".join(f"{layer}-{head}" for layer, head in rows[0]["heads"]) or "none"

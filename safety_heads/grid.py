@@ -24,10 +24,11 @@ from .attribution import random_heads
 from .behaviour import behaviour_path
 from .coherence import calibrate_limit
 from .datasets import load_prompts, load_stratified
-from .evaluation import Evaluator, row_key
+from .evaluation import Evaluator, answer_key, row_key
 from .models import LoadedModel
 from .precomputed import Precomputed, model_slug
 from .provenance import prompt_set_provenance, write_json
+from .rankings import REGISTRY
 from .settings import Invocation, PrecomputeSettings
 
 COHERENCE_RULE = (
@@ -42,7 +43,7 @@ COHERENCE_RULE = (
 class Cell:
     """One ablation of the grid: `heads` (found by `ranking` on `heads_from`) answered on `evaluated_on`."""
 
-    ranking: str  # a registry name, "random", or "none" for the intact model
+    ranking: str  # a registry name, a control (evaluation.CONTROLS), or "none" for the intact model
     mode: Mode
     heads_from: str
     evaluated_on: str
@@ -75,6 +76,14 @@ def plan(s: PrecomputeSettings, lm: LoadedModel, results: dict[tuple[str, Mode],
                 for draw in range(s.random_draws):
                     heads = random_heads(lm, k, seed=1000 * k + draw)
                     yield Cell("random", mode, heads_from, evaluated_on, heads, draw)
+                    if s.random_outside_top:  # the same draw, kept clear of every head some ranking favours
+                        heads = random_heads(lm, k, seed=1000 * k + draw, exclude=favoured(result, s))
+                        yield Cell("random_outside", mode, heads_from, evaluated_on, heads, draw)
+
+
+def favoured(result: Precomputed, s: PrecomputeSettings) -> set[Head]:
+    """The heads among the top `random_outside_top` of any ranking or group search in a file."""
+    return {(layer, head) for name in REGISTRY for layer, head, _ in result.ranked(name)[: s.random_outside_top]}
 
 
 def coherence_for(s: PrecomputeSettings, lm: LoadedModel) -> dict:
@@ -106,7 +115,6 @@ def open_summary(s: PrecomputeSettings, lm: LoadedModel, path: Path, sets: dict,
         "eps": s.eps,
         "template": s.template,
         "n": s.n,
-        "held_out_n": s.held_out_n,
         "xstest_per_type": s.xstest_per_type,
         "decoding": {"strategy": "greedy", "max_new_tokens": s.max_new_tokens},
         "runtime": lm.provenance.get("runtime", "float32"),
@@ -114,7 +122,10 @@ def open_summary(s: PrecomputeSettings, lm: LoadedModel, path: Path, sets: dict,
     summary = json.loads(path.read_text()) if path.is_file() else {}
     if "settings" in summary:  # summaries from before the low-bit runtimes were all made in float32
         summary["settings"].setdefault("runtime", "float32")
-        summary["settings"].setdefault("held_out_n", s.held_out_n)  # older summaries have no held-out rows
+        if (n := summary["settings"].pop("held_out_n", None)) is not None:  # one n for every held-out set
+            # held-out rows are those without XSTest-safe figures (read in the heads' cross-set rows)
+            held = {r["evaluated_on"] for r in summary["ablations"] if r.get("xstest_safe_refusal") is None}
+            summary["held_out"] = dict.fromkeys(sorted(held), n)
     if summary.get("ablations") and summary.get("settings") != settings:  # the old rows measure something else
         changed = {k: v for k, v in settings.items() if summary["settings"].get(k) != v}
         raise SystemExit(
@@ -124,12 +135,15 @@ def open_summary(s: PrecomputeSettings, lm: LoadedModel, path: Path, sets: dict,
     if summary.get("settings") != settings:
         summary = {"settings": settings, "ablations": []}
         path.with_name("answers.jsonl").unlink(missing_ok=True)
+    _forget_resized_held_out(s, summary, path.with_name("answers.jsonl"))
     summary["coherence"] = summary.get("coherence") or {"rule": COHERENCE_RULE, **coherence_for(s, lm)}
+    recorded = {p["name"]: p for p in summary.get("provenance", {}).get("prompt_sets", [])}  # earlier runs' sets
+    recorded |= {name: prompt_set_provenance(name, len(p)) for name, p in sets.items()}
     return summary | {
         "model": lm.model_id,
         "provenance": {
             **lm.provenance,
-            "prompt_sets": [prompt_set_provenance(name, len(p)) for name, p in sets.items()],
+            "prompt_sets": list(recorded.values()),
             "refused_subset": "rows whose intact answer opens with a refusal (behaviour.json, 128 new tokens)",
             "random_seeds": "1000 * k + draw",
             "code_version": invocation.code_version,
@@ -137,6 +151,28 @@ def open_summary(s: PrecomputeSettings, lm: LoadedModel, path: Path, sets: dict,
         },
         "command": invocation.command,
     }
+
+
+def _forget_resized_held_out(s: PrecomputeSettings, summary: dict, answers_path: Path) -> None:
+    """A held-out set asked for with another n than its rows were read on is answered anew: its rows and
+    answers are dropped (the cross-set rows stay); summary["held_out"] records each held-out set's n."""
+    held = summary.setdefault("held_out", {})
+    resized = {name for name in s.held_out if held.get(name, s.held_out_n) != s.held_out_n}
+    if resized:
+        print(f"  {', '.join(sorted(resized))}: another n than before, answered anew", file=sys.stderr)
+        summary["ablations"] = [r for r in summary["ablations"] if r["evaluated_on"] not in resized]
+        lines = answers_path.read_text().splitlines() if answers_path.is_file() else []
+        kept = [line for line in lines if json.loads(line)["set"] not in resized]
+        answers_path.write_text("".join(line + "\n" for line in kept))
+    held |= dict.fromkeys(s.held_out, s.held_out_n)
+
+
+def known_answers(path: Path) -> dict[tuple, tuple[list[str], list[float] | None]]:
+    """The answers written to answers.jsonl so far (by `answer_key`): made with this summary's settings, since
+    the file is removed whenever those change."""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    rows = [json.loads(line) for line in lines]
+    return {answer_key(r["set"], r["mode"], r["heads"]): (r["answers"], r.get("surprise")) for r in rows}
 
 
 def evaluate_all(
@@ -149,10 +185,12 @@ def evaluate_all(
     path = s.out / model_slug(lm.model_id) / "summary.json"
     summary = open_summary(s, lm, path, sets, invocation)
     decoding = DecodingConfig(max_new_tokens=s.max_new_tokens)
-    evaluator = Evaluator(lm, sets, s.eps, s.template, decoding, s.gen_batch_size, summary["coherence"]["limit"])
+    known = known_answers(path.with_name("answers.jsonl"))
+    limit = summary["coherence"]["limit"]
+    evaluator = Evaluator(lm, sets, s.eps, s.template, decoding, s.gen_batch_size, limit, known)
     subsets = refused_subsets(s, lm)
     done = {row_key(row) for row in summary["ablations"]}
-    written: set[tuple] = set()
+    written = set(known)
     for cell in plan(s, lm, results):
         keys = cell.keys(subsets[cell.evaluated_on])
         if keys <= done:

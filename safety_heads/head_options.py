@@ -15,7 +15,7 @@ import numpy as np
 
 from .ablation import Head
 from .precomputed import Precomputed, PrecomputedError, available, load, model_slug, precomputed_root
-from .rankings import basis, display_order
+from .rankings import CONTROLS, basis, display_order
 
 # The prompt sets the precomputed head lists come from, as shown on screen.
 PROMPT_SET_LABELS = {"jailbreakbench": "JailbreakBench", "maliciousinstruct": "MaliciousInstruct"}
@@ -113,7 +113,7 @@ def suggestion(model: str, root: Path | None = None) -> Suggestion | None:
         return None
     cells: dict[tuple, list[dict]] = {}
     for row in refused:
-        if row["ranking"] not in ("none", "random"):
+        if row["ranking"] not in ("none", *CONTROLS):
             cells.setdefault((row["ranking"], row["mode"], row["k"]), []).append(row)
     if not cells:
         return None
@@ -155,9 +155,9 @@ def method_curves(rows: list[dict], mode: str, metric: str) -> dict[str, tuple[d
             continue
         where = " → ".join(PROMPT_SET_LABELS.get(s, s) for s in (row["heads_from"], row["evaluated_on"]))
         curves, random = panels.setdefault(where, ({}, {}))
-        if row["ranking"] == "random":
+        if row["ranking"] == "random":  # the band is the paper's unrestricted draw
             random.setdefault(row["k"], []).append(row[metric])
-        else:
+        elif row["ranking"] not in CONTROLS:
             curves.setdefault(row["ranking"], {})[row["k"]] = row[metric]
     return {where: ({name: c[name] for name in display_order(c)}, r) for where, (c, r) in sorted(panels.items())}
 

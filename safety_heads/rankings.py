@@ -182,6 +182,8 @@ GROUPS: dict[str, GroupRanking] = {name: r for name, r in REGISTRY.items() if is
 SCORED: dict[str, ScoredRanking] = {name: r for name, r in REGISTRY.items() if isinstance(r, ScoredRanking)}
 SINGLE = tuple(name for name in REGISTRY if name not in GROUPS)
 SWEPT = tuple(name for name in SINGLE if name not in SCORED)  # the rankings `attribution.attribute` gives
+# The grid's controls, not methods: k heads drawn from all, or from those outside every ranking's top 10.
+CONTROLS = ("random", "random_outside")
 
 
 def display_order(names) -> list[str]:

@@ -90,6 +90,10 @@ class PrecomputeSettings(ModelSettings):
     ks: tuple[int, ...] = setting("head counts, run in this order", (3, 1, 5))
     rankings: tuple[str, ...] = setting("rankings to evaluate", tuple(REGISTRY))
     random_draws: int = setting("random head sets per k (the control)", 3)
+    random_outside_top: int = setting(
+        "also draw each random set outside every ranking's top N heads on the set (0: only the unrestricted draw)",
+        10,
+    )
     max_new_tokens: int = setting("greedy tokens per answer in the grid", 64)
     xstest_per_type: int = setting("XSTest-safe prompts per type (10 types)", 5)
     gen_batch_size: int = setting("prompts per generate call in the grid", 32)

@@ -167,12 +167,15 @@ def test_results_table_averages_random_draws_and_keeps_the_rest():
         "ablations": [
             row("random", 1, [[5, 5]], 0.2, draw=0),
             row("random", 1, [[6, 6]], 0.4, draw=1),
+            row("random_outside", 1, [[7, 7]], 0.1, draw=0),
+            row("random_outside", 1, [[8, 8]], 0.3, draw=1),
             row("ships", 1, [[18, 8]], 0.5),
             row("none", 0, [], 0.05, heads_from="-"),
         ]
     }
     lines = results_table(summary).splitlines()
-    assert len(lines) == 2 + 3  # header, rule, intact, ships, random (two draws in one row)
+    assert len(lines) == 2 + 4  # header, rule, intact, ships, each control (two draws in one row)
     assert lines[2].startswith("| intact | maliciousinstruct | all | none | 0 | none | 0.05 |")
     assert "| ships | 1 | 18-8 | 0.50 | 0.25 |" in lines[3]
     assert "| random | 1 | mean of 2 draws | 0.30 | 0.15 | – | 0.10 | 0.30 | – |" in lines[4]  # no attempt rate yet
+    assert "| random_outside | 1 | mean of 2 draws | 0.20 | 0.10 |" in lines[5]

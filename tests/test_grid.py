@@ -62,6 +62,7 @@ def test_grid_rows_per_subset_and_a_restart_skips_finished_rows(tiny_llama, data
         ks=(1,),
         rankings=("ships", "sahara"),
         random_draws=1,
+        random_outside_top=0,
         device="cpu",
         n_benign=2,
     )
@@ -100,7 +101,7 @@ def test_grid_rows_per_subset_and_a_restart_skips_finished_rows(tiny_llama, data
     assert json.loads(path.read_text())["ablations"] == rows and path.with_name("answers.jsonl").is_file()
 
 
-def test_a_held_out_set_answers_every_sets_heads_on_its_own_first_rows(tiny_llama, datasets, tmp_path):
+def test_a_held_out_set_answers_every_sets_heads_on_its_own_first_rows(tiny_llama, datasets, tmp_path, monkeypatch):
     lm = tiny_llama
     out = tmp_path / "precomputed"
     behaviour = {"coherence": {"limit": 100.0}, "sets": {"advbench": {"refused_rows": [0, 1, 2]}}}
@@ -127,7 +128,72 @@ def test_a_held_out_set_answers_every_sets_heads_on_its_own_first_rows(tiny_llam
     assert all(r.get("xstest_safe_refusal") is None for r in held_out)  # read in the heads' cross-set rows
     answers = [json.loads(line) for line in path.with_name("answers.jsonl").read_text().splitlines()]
     assert {len(a["answers"]) for a in answers if a["set"] == "advbench"} == {2}
-    assert summary["settings"]["held_out_n"] == 2
+    assert summary["held_out"] == {"advbench": 2}
+
+    calls = []
+    real = grid.Evaluator.ablation
+    monkeypatch.setattr(grid.Evaluator, "ablation", lambda self, *a, **k: calls.append(a[3]) or real(self, *a, **k))
+    path = grid.evaluate_all(dataclasses.replace(settings, held_out_n=3), lm, results, Invocation("cmd", "test"))
+    again = json.loads(path.read_text())
+    # asked for another n, the held-out set is answered anew on its first 3 rows; the cross-set rows stay
+    assert set(calls) == {"advbench"} and again["held_out"] == {"advbench": 3}
+    assert [r for r in again["ablations"] if r["evaluated_on"] != "advbench"] == [
+        r for r in summary["ablations"] if r["evaluated_on"] != "advbench"
+    ]
+    assert len([r for r in again["ablations"] if r["evaluated_on"] == "advbench"]) == len(held_out)
+    answers = [json.loads(line) for line in path.with_name("answers.jsonl").read_text().splitlines()]
+    assert {len(a["answers"]) for a in answers if a["set"] == "advbench"} == {3}
+    assert len(answers) == len({(a["set"], a["mode"], str(a["heads"])) for a in answers})  # none twice
+
+
+def test_answers_made_before_are_read_not_generated_again(tiny_llama, datasets, tmp_path, monkeypatch):
+    lm = tiny_llama
+    out = tmp_path / "precomputed"
+    behaviour_path(lm.model_id, out).parent.mkdir(parents=True)
+    behaviour_path(lm.model_id, out).write_text(json.dumps({"coherence": {"limit": 100.0}, "sets": {}}))
+    results = {
+        (name, "SC"): Precomputed(lm.model_id, name, "SC", 3, 4, {}, {"ships": [(1, 2, 0.5)]})
+        for name in ("jailbreakbench", "maliciousinstruct")
+    }
+    settings = PrecomputeSettings(
+        n=3, xstest_per_type=1, max_new_tokens=4, out=out, ks=(1,), rankings=("ships",), random_draws=0,
+        device="cpu", n_benign=2,
+    )  # fmt: skip
+    summary = json.loads(grid.evaluate_all(settings, lm, results, Invocation("cmd", "test")).read_text())
+
+    def generate_many(*args, **kwargs):
+        raise AssertionError("these answers were made before")
+
+    monkeypatch.setattr("safety_heads.evaluation.generate_many", generate_many)
+    for result in results.values():  # a second ranking whose top head is ships' one
+        result.top10["refusal"] = [(1, 2, 0.9)]
+    settings = dataclasses.replace(settings, rankings=("ships", "refusal"))
+    rows = json.loads(grid.evaluate_all(settings, lm, results, Invocation("cmd", "test")).read_text())["ablations"]
+    read = {(r["heads_from"], r["subset"]): r for r in rows if r["ranking"] == "refusal"}
+    figures = ("coherent_asr", "degenerate", "attempt_rate", "xstest_safe_refusal", "xstest_safe_degenerate")
+    for r in summary["ablations"]:
+        if r["ranking"] == "ships":
+            assert {m: read[r["heads_from"], r["subset"]][m] for m in figures} == {m: r[m] for m in figures}
+
+
+def test_the_outside_draw_avoids_every_rankings_top_heads(tiny_llama):
+    lm = tiny_llama  # 3 layers x 4 heads
+    favoured = [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2)]
+    result = Precomputed(
+        lm.model_id, "jailbreakbench", "SC", 3, 4, {}, {"ships": [(*h, 1.0) for h in favoured[:4]]},
+        groups={"refusal_group": [(*h, 1.0) for h in favoured[4:]]},
+    )  # fmt: skip
+    settings = PrecomputeSettings(sets=("jailbreakbench",), ks=(5,), rankings=("ships",), random_draws=2, device="cpu")
+    cells = [c for c in grid.plan(settings, lm, {("jailbreakbench", "SC"): result}) if c.ranking != "none"]
+    outside = [c.heads for c in cells if c.ranking == "random_outside"]
+    assert [c.ranking for c in cells] == ["random", "random_outside"] * 2
+    # 5 of the 12 heads lie outside the two rankings' heads: each outside draw is those 5
+    assert outside == [sorted(set(lm_heads(lm)) - set(favoured))] * 2
+    assert any(set(c.heads) & set(favoured) for c in cells if c.ranking == "random")  # the paper's draw may hit them
+
+
+def lm_heads(lm) -> list[tuple[int, int]]:
+    return [(layer, head) for layer in range(lm.n_layers) for head in range(lm.n_heads)]
 
 
 def test_heads_from_picks_one_direction_of_the_grid():

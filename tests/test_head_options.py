@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from safety_heads import plots
-from safety_heads.head_options import head_options, suggestion
+from safety_heads.head_options import head_options, method_curves, suggestion
 from safety_heads.precomputed import PRECOMPUTED_DIR, Precomputed, available, save
 from safety_heads.rankings import GROUPS
 from safety_heads.ui import figures_tab
@@ -51,6 +51,8 @@ def test_suggested_heads_are_the_best_measured_cross_set_ablation(tmp_path):
         grid_row("refusal", jbb, "advbench", FIXTURE_TOP[6:9], 0.9),  # ...a held-out set does not raise it
         grid_row("random", jbb, mi, [(0, 0), (1, 1), (2, 2)], 0.1),
         grid_row("random", jbb, mi, [(0, 1), (1, 2), (2, 3)], 0.2),
+        grid_row("random_outside", jbb, mi, [(0, 2), (1, 3), (2, 0)], 0.97),  # a control: never suggested
+        grid_row("random_outside", mi, jbb, [(0, 2), (1, 3), (2, 0)], 0.97),
     ]
     (tmp_path / MODEL / "summary.json").write_text(json.dumps({"ablations": rows}))
     hint = suggestion(MODEL, tmp_path)
@@ -60,6 +62,23 @@ def test_suggested_heads_are_the_best_measured_cross_set_ablation(tmp_path):
     assert opts.ranking == "generalized" and opts.suggested == FIXTURE_TOP[:3] and hint.note in opts.note
     assert head_options(MODEL, jbb, "UA", "ships", root=tmp_path).suggested == []
     assert head_options(MODEL, mi, "UA", root=tmp_path).suggested == []
+
+
+def test_method_curves_draw_each_ranking_beside_the_papers_random_band():
+    jbb, mi = "jailbreakbench", "maliciousinstruct"
+    rows = [
+        grid_row("refusal", jbb, mi, FIXTURE_TOP[:1], 0.3),
+        grid_row("refusal", jbb, mi, FIXTURE_TOP[:3], 0.6),
+        grid_row("refusal", jbb, mi, FIXTURE_TOP[:3], 0.9, subset="all"),  # read on the refused prompts only
+        grid_row("ships", jbb, mi, FIXTURE_TOP[:3], 0.1, mode="SC"),  # another mode
+        grid_row("random", jbb, mi, [(0, 0), (1, 1), (2, 2)], 0.1),
+        grid_row("random", jbb, mi, [(0, 1), (1, 2), (2, 3)], 0.2),
+        grid_row("random_outside", jbb, mi, [(0, 2), (1, 3), (2, 0)], 0.05),  # a control, not a method's curve
+        grid_row("none", "-", mi, [], 0.0),
+    ]
+    assert method_curves(rows, "UA", "coherent_asr") == {
+        "JailbreakBench → MaliciousInstruct": ({"refusal": {1: 0.3, 3: 0.6}}, {3: [0.1, 0.2]})
+    }
 
 
 def test_a_group_search_is_offered_as_a_ranking_on_its_basis_scores(tmp_path):

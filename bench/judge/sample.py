@@ -21,6 +21,7 @@ from pathlib import Path
 from safety_heads.datasets import load_prompts, load_stratified
 from safety_heads.models import default_model
 from safety_heads.precomputed import model_slug, precomputed_root
+from safety_heads.rankings import CONTROLS
 
 # (which prompts, which condition) -> how many answers; ablated answers, where judging is hard, weigh most.
 STRATA = {
@@ -58,7 +59,7 @@ def main() -> None:
         row = json.loads(line)
         heads = tuple(sorted(tuple(h) for h in row["heads"]))
         names = sorted(rankings.get((row["set"], row["mode"], heads), {"unknown"}))
-        condition = "intact" if not heads else "random" if names == ["random"] else "ranked"
+        condition = "intact" if not heads else "random" if set(names) <= set(CONTROLS) else "ranked"
         kind = "xstest_safe" if row["set"] == "xstest_safe" else "harmful"
         where = {"set": row["set"], "mode": row["mode"], "heads": [list(h) for h in heads], "rankings": names}
         for i, answer in enumerate(row["answers"]):
