@@ -43,7 +43,7 @@ COHERENCE_RULE = (
 class Cell:
     """One ablation of the grid: `heads` (found by `ranking` on `heads_from`) answered on `evaluated_on`."""
 
-    ranking: str  # a registry name, a control (evaluation.CONTROLS), or "none" for the intact model
+    ranking: str  # a registry name, a control (rankings.CONTROLS), or "none" for the intact model
     mode: Mode
     heads_from: str
     evaluated_on: str
