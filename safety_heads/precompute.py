@@ -106,10 +106,11 @@ def add_scores(
     benign: list[str],
     done: Scored,
 ) -> None:
-    """The rankings with a scoring function of their own that the file lacks, from the same prompts. They do not
-    depend on the mode, so a score found for the set's file of one mode (`done`) is reused for the other."""
+    """The rankings of --rankings with a scoring function of their own that the file lacks, from the same prompts.
+    They do not depend on the mode, so a score found for the set's file of one mode (`done`) is reused for the
+    other."""
     for name, ranking in SCORED.items():
-        if name in result.scores:
+        if name in result.scores or name not in s.rankings:
             continue
         key = (name, result.prompt_set)
         if key not in done:

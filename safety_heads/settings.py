@@ -83,8 +83,8 @@ class PrecomputeSettings(ModelSettings):
     reuse: bool = setting("evaluate the heads of the files already in --out", False)
     search_groups: bool = setting("with --reuse: run the group searches on those files", False)
     add_scores: bool = setting(
-        "with --reuse: add the rankings with a scoring function of their own (e.g. the refusal direction) that "
-        "those files lack",
+        "with --reuse: add the rankings of --rankings with a scoring function of their own (e.g. the refusal "
+        "direction) that those files lack",
         False,
     )
     ks: tuple[int, ...] = setting("head counts, run in this order", (3, 1, 5))

@@ -259,6 +259,10 @@ def test_a_scored_ranking_is_added_to_a_file_once_and_computed_once_per_set(tiny
         again = dataclasses.replace(precompute.SCORED[name], score=lambda job: pytest.fail("scored again"))
         monkeypatch.setitem(precompute.SCORED, name, again)
     precompute.add_scores(settings, lm, result, HARMFUL, ["Name a colour."], {})  # the file has them: nothing runs
+    # Only the scored rankings asked for are added.
+    one = Precomputed(lm.model_id, "jailbreakbench", "UA", 3, 4, {}, top10={})
+    precompute.add_scores(dataclasses.replace(settings, rankings=("ships", "direction")), lm, one, HARMFUL, [], done)
+    assert set(one.scores) == {"direction"}
     # The other mode's file of the same set takes the scores already found.
     other = Precomputed(lm.model_id, "jailbreakbench", "UA", 3, 4, {}, top10={})
     precompute.add_scores(settings, lm, other, HARMFUL, ["Name a colour."], done)
