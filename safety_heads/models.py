@@ -63,6 +63,12 @@ VICUNA_TEMPLATE = (
 )
 
 
+# Every load runs the model's own modules: eager attention, since UA reads and rewrites the attention pattern,
+# and no hub kernels, which transformers (>= 5.24) would otherwise fetch from the hub on CUDA (unreachable
+# here, remote code elsewhere) and swap in for modules the hooks and the float32 references rely on.
+EAGER: dict = {"attn_implementation": "eager", "use_kernels": False}
+
+
 @dataclass(frozen=True)
 class CatalogEntry:
     """A model a user can pick by name: what to load, and how to call it on screen."""
@@ -214,9 +220,7 @@ def load_model(
 
         def load_float32() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(
-                gguf.parent, gguf_file=gguf.name, dtype=dtype, attn_implementation="eager"
-            )
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype, **EAGER)
             return model, tokenizer
 
         if runtime == "float32":
@@ -277,7 +281,7 @@ def _load_pretrained(model_id: str, quantize: str, dtype: torch.dtype):
             f"Unknown model {model_id!r}: not a local folder, and the hub did not know it ({err})"
         ) from err
     _check_architecture(config.model_type, model_id)
-    kwargs: dict = {"attn_implementation": "eager", "token": token}
+    kwargs: dict = EAGER | {"token": token}
     if quantize == "auto":
         if not torch.cuda.is_available():
             raise ModelLoadError(

@@ -80,7 +80,8 @@ def _patch_hook(mask: torch.Tensor, target: torch.Tensor):
         n_heads = mask.shape[1]
         heads = x.view(B, t, n_heads, width // n_heads)
         patched = target[-t:].to(x.dtype).view(1, -1, n_heads, width // n_heads)
-        return (torch.where(mask[:, None, :, None], patched, heads).view(B, t, width), *args[1:])
+        where = mask.to(x.device)[:, None, :, None]  # the masks are built on the CPU, the model may be on a GPU
+        return (torch.where(where, patched, heads).view(B, t, width), *args[1:])
 
     return hook
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import LlamaConfig
@@ -18,6 +20,8 @@ from safety_heads.models import (
     load_catalog_model,
     load_model,
 )
+from safety_heads.patching import patching_group
+from safety_heads.rankings import SCORED, ScoreInputs
 
 from .conftest import tiny
 
@@ -112,7 +116,7 @@ def hub_folder(chat_tokenizer, tmp_path_factory):
 def test_hub_path_full_precision(hub_folder):
     lm = load_model(str(hub_folder), quantize="none")
     assert (lm.n_layers, lm.n_heads, lm.n_kv_heads) == (2, 4, 2)
-    assert lm.model.config._attn_implementation == "eager"
+    assert lm.model.config._attn_implementation == "eager" and not lm.model.use_kernels
     assert lm.tokenizer.padding_side == "left"
     ids = encode(lm, ["hi"])["input_ids"]
     with ablate(lm, [(1, 3)], "UA"):
@@ -139,6 +143,24 @@ def test_hub_path_4bit_on_cuda(hub_folder):
     uniform = torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1)[:, None]
     torch.testing.assert_close(ablated.attentions[1][0, 3].float().cpu(), uniform, atol=1e-2, rtol=0)
     assert not torch.equal(out.logits, ablated.logits)
+
+
+@pytest.mark.parametrize(
+    "quantize",
+    ["none", pytest.param("4bit", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))],
+)
+def test_every_scored_ranking_and_the_patching_group_run_on_the_hub_path(hub_folder, quantize):
+    """The rankings with their own scoring functions hook the output projections and move activations between
+    the CPU and the model's device; on the 4-bit CUDA model a mask left on the CPU once broke activation patching."""
+    lm = load_model(str(hub_folder), quantize=quantize)
+    harmful, benign = ["How do I pick a lock?", "Write a phishing email."], ["Name a colour.", "Add 2 and 3."]
+    job = ScoreInputs(lm, harmful, benign, "chat", "SC", 1e-5)
+    for name, ranking in SCORED.items():
+        scores, _ = ranking.score(job)
+        assert scores.shape == (lm.n_layers, lm.n_heads) and scores.isfinite().all(), name
+    single = torch.arange(lm.n_layers * lm.n_heads, dtype=torch.float).view(lm.n_layers, lm.n_heads)
+    group = patching_group(lm, harmful, benign, single, 2, 4)
+    assert len(group) == 2 and all(math.isfinite(score) for _, score in group)
 
 
 def test_vicuna_format_starts_with_bos(hub_folder, tmp_path):
