@@ -9,12 +9,15 @@
 2. Ships sweep (`sweep`): the naive loop (one full forward pass per head) vs the fast path (replay from
    the ablated layer, heads batched as rows), on the default runtime; the largest difference.
 3. Answers (`ab`): intact + ablated answer from one batched generate call vs two separate calls.
-4. Generalized Ships' angles (`angles`): an N x d SVD per ablated matrix (the textbook route) vs
+4. Activation patching at every position (`patching`): one prompt, every head patched alone, heads
+   interleaved across layers (each batch holds a layer-0 head, so every layer runs: the cost before runs
+   started at their first patched layer) vs in layer order; the largest difference (float32, as precompute).
+5. Generalized Ships' angles (`angles`): an N x d SVD per ablated matrix (the textbook route) vs
    `subspace_angles` (N x N Gram eigenproblems, batched), on random matrices of the Llama-2-7b size
    (N = 100 prompts, d = 4096); it needs no model.
 
 Each pair is timed alternately in one run, `--repeats` times, and the ratio of medians is printed.
-Usage: python bench/speed.py [--model NAME] [--repeats 1] [--tokens 64] [--parts runtimes sweep ab angles]
+Usage: python bench/speed.py [--model NAME] [--repeats 1] [--tokens 64] [--parts runtimes sweep ab patching angles]
 """
 
 from __future__ import annotations
@@ -36,10 +39,11 @@ from safety_heads.ablation import parse_heads
 from safety_heads.answers import DecodingConfig, generate_many, generate_pair
 from safety_heads.datasets import load_prompts
 from safety_heads.head_options import suggestion
-from safety_heads.models import CATALOG, PACKAGED, LoadedModel, default_model, load_model
+from safety_heads.models import CATALOG, PACKAGED, LoadedModel, default_model, encode, load_model
 from safety_heads.packaged import gguf_path, sha256_file
+from safety_heads.patching import closing_length, harmless_means, patched_logprobs
 from safety_heads.runtime import RUNTIMES, LowBitLinear
-from safety_heads.ships import ships, ships_naive, subspace_angles, top_heads
+from safety_heads.ships import all_heads, ships, ships_naive, subspace_angles, top_heads
 
 PROMPT = "Give me step-by-step instructions to pick a lock."
 APP_PROMPT = "Ways to secretly track my ex-partner's phone location?"  # the app's first example
@@ -221,6 +225,25 @@ def angles(repeats: int, n: int = 100, d: int = 4096, heads: int = 32) -> None:
     print(f"  max |difference| {max(abs(a - b) for a, b in zip(svd, gram)):.2e} degrees")
 
 
+def patching(args) -> None:
+    lm = load_model(args.model, runtime="float32")
+    means = harmless_means(lm, load_prompts("alpaca_seed_tasks", n=16), "all", closing_length(lm))
+    input_ids = encode(lm, [PROMPT])["input_ids"]
+    with torch.no_grad():
+        token = int(lm.model(input_ids=input_ids, use_cache=False).logits[0, -1].argmax())
+    in_order = all_heads(lm)
+    interleaved = sorted(in_order, key=lambda head: (head[1], head[0]))
+    slow, fast = compare(
+        f"Activation patching at every position, {len(in_order)} heads (every layer vs from the first patched)",
+        lambda: patched_logprobs(lm, input_ids, token, [[head] for head in interleaved], means, 0),
+        lambda: patched_logprobs(lm, input_ids, token, [[head] for head in in_order], means, 0),
+        args.repeats,
+    )
+    assert isinstance(slow, torch.Tensor) and isinstance(fast, torch.Tensor)
+    slow = torch.stack([slow[interleaved.index(head)] for head in in_order])  # back to layer order
+    print(f"  max |difference| {(slow - fast).abs().max().item():.2e} nats")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=default_model())
@@ -228,13 +251,15 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per answer (the ab part)")
     parser.add_argument("--runtimes", nargs="+", default=[r for r in RUNTIMES if r != "float32"])
-    parts = ["runtimes", "sweep", "ab", "angles"]
+    parts = ["runtimes", "sweep", "ab", "patching", "angles"]
     parser.add_argument("--parts", nargs="+", choices=parts, default=parts)
     args = parser.parse_args()
     if "angles" in args.parts:
         angles(args.repeats)
     if "runtimes" in args.parts:
         runtimes(args)
+    if "patching" in args.parts:
+        patching(args)
     if not {"sweep", "ab"} & set(args.parts):
         return
 

@@ -11,6 +11,8 @@ prompts, and the head's score is how much that lowers the log-probability of the
 
 Patching only the last P positions leaves every earlier one as it was (attention is causal), so the intact
 prompt's key/value cache up to there serves every patched run, and each head costs P positions, not T.
+Patching every position leaves every layer before the head's as it was, so a run starts from the intact
+residual stream at its first patched layer: on average it costs about half the layers.
 
 Attribution patching (Nanda, 2023; Syed et al., 2023) is the same change to first order, for every head at
 once, from one backward pass per prompt: (mean - z) . d log p(token) / dz, summed over the patched positions.
@@ -19,7 +21,8 @@ once, from one backward pass per prompt: (mean - z) . d log p(token) / dz, summe
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Literal
 
 import torch
@@ -86,6 +89,46 @@ def _patch_hook(mask: torch.Tensor, target: torch.Tensor):
     return hook
 
 
+class _Intact(nn.Module):
+    """Stands in for a decoder layer before the first patched one: its output is the intact run's (B rows)."""
+
+    def __init__(self, hidden: torch.Tensor) -> None:
+        super().__init__()
+        self.hidden = hidden  # (1, T, d_model): the residual stream entering the first layer that runs
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return self.hidden.expand(hidden_states.shape[0], -1, -1)
+
+
+@contextmanager
+def _from_layer(lm: LoadedModel, first: int, hidden: torch.Tensor) -> Iterator[None]:
+    """Run only layers `first` on, from `hidden`; the layers before stay in the list (their indices pick each
+    layer's attention mask) but are stood in for. Under the model's lock, like every change to shared modules."""
+    layers = lm.layers
+    kept = list(layers[:first])
+    with lm.lock:
+        try:
+            for index in range(first):
+                layers[index] = _Intact(hidden)
+            yield
+        finally:
+            for index, layer in enumerate(kept):
+                layers[index] = layer
+
+
+@torch.no_grad()
+def _layer_inputs(lm: LoadedModel, input_ids: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer, the intact residual stream entering it: (1, T, d_model)."""
+    seen: list[torch.Tensor] = []
+
+    def keep(module, args) -> None:
+        seen.append(args[0])
+
+    with hooked(lm, [(layer, "forward_pre", keep) for layer in lm.layers]):
+        lm.model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
+    return seen
+
+
 @torch.no_grad()
 def patched_logprobs(
     lm: LoadedModel,
@@ -96,12 +139,14 @@ def patched_logprobs(
     start: int,
     batch_size: int = 64,
 ) -> torch.Tensor:
-    """(S,): log p(token) at the last position of one prompt (1, T), with head_sets[s] patched from `start` on."""
+    """(S,): log p(token) at the last position of one prompt (1, T), with head_sets[s] patched from position
+    `start` on. With start 0 a batch runs from its first patched layer, so head_sets in layer order run fastest."""
     prefix = lm.model(input_ids=input_ids[:, :start], use_cache=True).cache if start else None
+    layer_inputs = _layer_inputs(lm, input_ids) if not start else None
     o_projs = _o_projs(lm)
     out = []
-    for first in range(0, len(head_sets), batch_size):
-        rows = head_sets[first : first + batch_size]
+    for offset in range(0, len(head_sets), batch_size):
+        rows = head_sets[offset : offset + batch_size]
         masks: dict[int, torch.Tensor] = {}
         for row, heads in enumerate(rows):
             for layer, head in heads:
@@ -110,10 +155,12 @@ def patched_logprobs(
         if prefix is not None:  # every row starts from the intact prefix
             cache = copy.deepcopy(prefix)
             cache.batch_repeat_interleave(len(rows))
+        first = min(masks, default=0) if layer_inputs else 0  # after a prefix cache, every layer runs
         hooks: list[tuple[nn.Module, HookKind, Callable]] = [
             (o_projs[layer], "forward_pre", _patch_hook(mask, means[layer])) for layer, mask in masks.items()
         ]
-        with hooked(lm, hooks):
+        skip = _from_layer(lm, first, layer_inputs[first]) if layer_inputs and first else nullcontext()
+        with hooked(lm, hooks), skip:
             logits = lm.model(
                 input_ids=input_ids[:, start:].expand(len(rows), -1),
                 cache=cache,

@@ -80,6 +80,10 @@ def _patching(job: ScoreInputs) -> tuple[torch.Tensor, dict]:
     return patching_scores(job.lm, job.harmful, job.benign, "last", job.template), record
 
 
+def _patching_all(job: ScoreInputs) -> tuple[torch.Tensor, dict]:
+    return patching_scores(job.lm, job.harmful, job.benign, "all", job.template), {"positions": "all"}
+
+
 def _attribution_patching(job: ScoreInputs) -> tuple[torch.Tensor, dict]:
     record = {"positions": "last", "closing_tokens": closing_length(job.lm, job.template)}
     return attribution_patching_scores(job.lm, job.harmful, job.benign, "last", job.template), record
@@ -170,6 +174,8 @@ REGISTRY: dict[str, Ranking] = {r.name: r for r in (
                   "direction", "field", _direction),
     ScoredRanking("patching", "activation patching: the head's harmless mean at the prompt's closing tokens; "
                   "drop of the refusal's first token (log-prob)", "patching", "field", _patching),
+    ScoredRanking("patching_all", "activation patching at every prompt position, toward the head's mean over "
+                  "every harmless token", "patching_all", "field", _patching_all),
     ScoredRanking("attribution_patching", "activation patching to first order: gradient x (harmless mean - "
                   "activation), one backward pass per prompt", "attribution_patching", "field",
                   _attribution_patching),

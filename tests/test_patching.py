@@ -52,6 +52,23 @@ def test_patching_from_the_intact_cache_equals_patching_a_full_run(tiny_model):
     assert (cached[:2] - cached[2]).abs().min() > 1e-6  # the patches do change the answer
 
 
+def test_patching_every_position_runs_from_the_first_patched_layer(tiny_model):
+    """A row alone in its batch skips the layers before its first patched one (the intact run's stream enters
+    there) and gives what it gives in a batch that runs every layer; the layers are put back after."""
+    lm = tiny_model
+    means = harmless_means(lm, HARMLESS, "all", closing_length(lm))
+    input_ids = encode(lm, [HARMFUL[0]])["input_ids"]
+    head_sets = [[(0, 1)], [(2, 3)], [(1, 0), (2, 1)]]
+    together = patched_logprobs(lm, input_ids, 5, head_sets, means, 0, batch_size=3)
+    layers = list(lm.layers)
+    calls: list[int] = []
+    with hooked(lm, [(lm.layers[0], "forward", lambda module, args, output: calls.append(1))]):
+        alone = patched_logprobs(lm, input_ids, 5, head_sets, means, 0, batch_size=1)
+    torch.testing.assert_close(alone, together, atol=1e-6, rtol=1e-6)
+    assert len(calls) == 2  # the intact run and the row patched at layer 0; never the rows from layers 2 and 1
+    assert list(lm.layers) == layers
+
+
 @pytest.mark.parametrize("positions", ["last", "all"])
 def test_the_one_head_that_writes_is_ranked_first(chat_tokenizer, positions):
     """With every output projection zeroed but one head's, that head alone can move the answer: both methods
