@@ -27,6 +27,7 @@ from .models import LoadedModel, decode
 from .ships import (
     ActivationSet,
     Progress,
+    ablating,
     all_heads,
     kl_from_logprobs,
     subspace_angles,
@@ -127,11 +128,11 @@ def group_refusal_scores(
     """(S,): the refusal score of ablating each head set together (mean harmful drop minus mean benign KL)."""
     drop = torch.zeros(len(head_sets))
     for base in harmful.bases:
-        hidden = sweep(lm, base, head_sets, mode, eps, batch_size)
+        hidden = sweep(lm, base, head_sets, ablating(lm, mode, eps), batch_size)
         drop += _kl_and_drop(lm, base, hidden, batch_size)[1]
     kl = torch.zeros(len(head_sets))
     for base in benign.bases:
-        kl += _kl_and_drop(lm, base, sweep(lm, base, head_sets, mode, eps, batch_size), batch_size)[0]
+        kl += _kl_and_drop(lm, base, sweep(lm, base, head_sets, ablating(lm, mode, eps), batch_size), batch_size)[0]
     return drop / len(harmful.bases) - kl / len(benign.bases)
 
 

@@ -11,8 +11,8 @@ prompts, and the head's score is how much that lowers the log-probability of the
 
 Patching only the last P positions leaves every earlier one as it was (attention is causal), so the intact
 prompt's key/value cache up to there serves every patched run, and each head costs P positions, not T.
-Patching every position leaves every layer before the head's as it was, so a run starts from the intact
-residual stream at its first patched layer: on average it costs about half the layers.
+Patching every position leaves every layer before the head's as it was, so each run is replayed from its
+first patched layer (`ships.replay`, as the ablations are): on average about half the layers.
 
 Attribution patching (Nanda, 2023; Syed et al., 2023) is the same change to first order, for every head at
 once, from one backward pass per prompt: (mean - z) . d log p(token) / dz, summed over the patched positions.
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -31,7 +31,7 @@ from torch import nn
 from .ablation import Head, HookKind, hook_point, hooked
 from .attribution import greedy_group
 from .models import LoadedModel, Template, encode
-from .ships import all_heads
+from .ships import all_heads, record_base, sweep, unembed
 
 Positions = Literal["last", "all"]
 
@@ -89,44 +89,19 @@ def _patch_hook(mask: torch.Tensor, target: torch.Tensor):
     return hook
 
 
-class _Intact(nn.Module):
-    """Stands in for a decoder layer before the first patched one: its output is the intact run's (B rows)."""
-
-    def __init__(self, hidden: torch.Tensor) -> None:
-        super().__init__()
-        self.hidden = hidden  # (1, T, d_model): the residual stream entering the first layer that runs
-
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return self.hidden.expand(hidden_states.shape[0], -1, -1)
-
-
 @contextmanager
-def _from_layer(lm: LoadedModel, first: int, hidden: torch.Tensor) -> Iterator[None]:
-    """Run only layers `first` on, from `hidden`; the layers before stay in the list (their indices pick each
-    layer's attention mask) but are stood in for. Under the model's lock, like every change to shared modules."""
-    layers = lm.layers
-    kept = list(layers[:first])
-    with lm.lock:
-        try:
-            for index in range(first):
-                layers[index] = _Intact(hidden)
-            yield
-        finally:
-            for index, layer in enumerate(kept):
-                layers[index] = layer
-
-
-@torch.no_grad()
-def _layer_inputs(lm: LoadedModel, input_ids: torch.Tensor) -> list[torch.Tensor]:
-    """Per layer, the intact residual stream entering it: (1, T, d_model)."""
-    seen: list[torch.Tensor] = []
-
-    def keep(module, args) -> None:
-        seen.append(args[0])
-
-    with hooked(lm, [(layer, "forward_pre", keep) for layer in lm.layers]):
-        lm.model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
-    return seen
+def patched(lm: LoadedModel, head_sets: Sequence[Sequence[Head]], means: list[torch.Tensor]) -> Iterator[LoadedModel]:
+    """Row b's heads head_sets[b] take their harmless means (`harmless_means`) in every forward pass in the block."""
+    masks: dict[int, torch.Tensor] = {}
+    for row, heads in enumerate(head_sets):
+        for layer, head in heads:
+            masks.setdefault(layer, torch.zeros(len(head_sets), lm.n_heads, dtype=torch.bool))[row, head] = True
+    o_projs = _o_projs(lm)
+    hooks: list[tuple[nn.Module, HookKind, Callable]] = [
+        (o_projs[layer], "forward_pre", _patch_hook(mask, means[layer])) for layer, mask in masks.items()
+    ]
+    with hooked(lm, hooks):
+        yield lm
 
 
 @torch.no_grad()
@@ -140,32 +115,21 @@ def patched_logprobs(
     batch_size: int = 64,
 ) -> torch.Tensor:
     """(S,): log p(token) at the last position of one prompt (1, T), with head_sets[s] patched from position
-    `start` on. With start 0 a batch runs from its first patched layer, so head_sets in layer order run fastest."""
-    prefix = lm.model(input_ids=input_ids[:, :start], use_cache=True).cache if start else None
-    layer_inputs = _layer_inputs(lm, input_ids) if not start else None
-    o_projs = _o_projs(lm)
+    `start` on: after the intact prefix's cache, or (start 0) replayed from each row's first patched layer."""
+    if not start:
+        base = record_base(lm, input_ids)
+        hidden = sweep(lm, base, head_sets, lambda rows: patched(lm, rows, means), batch_size)
+        logits = torch.cat([unembed(lm, chunk) for chunk in hidden.split(batch_size)])
+        return torch.log_softmax(logits.double(), -1)[:, token].cpu()
+    prefix = lm.model(input_ids=input_ids[:, :start], use_cache=True).cache
     out = []
-    for offset in range(0, len(head_sets), batch_size):
-        rows = head_sets[offset : offset + batch_size]
-        masks: dict[int, torch.Tensor] = {}
-        for row, heads in enumerate(rows):
-            for layer, head in heads:
-                masks.setdefault(layer, torch.zeros(len(rows), lm.n_heads, dtype=torch.bool))[row, head] = True
-        cache = None
-        if prefix is not None:  # every row starts from the intact prefix
-            cache = copy.deepcopy(prefix)
-            cache.batch_repeat_interleave(len(rows))
-        first = min(masks, default=0) if layer_inputs else 0  # after a prefix cache, every layer runs
-        hooks: list[tuple[nn.Module, HookKind, Callable]] = [
-            (o_projs[layer], "forward_pre", _patch_hook(mask, means[layer])) for layer, mask in masks.items()
-        ]
-        skip = _from_layer(lm, first, layer_inputs[first]) if layer_inputs and first else nullcontext()
-        with hooked(lm, hooks), skip:
+    for first in range(0, len(head_sets), batch_size):
+        rows = head_sets[first : first + batch_size]
+        cache = copy.deepcopy(prefix)  # every row starts from the intact prefix
+        cache.batch_repeat_interleave(len(rows))
+        with patched(lm, rows, means):
             logits = lm.model(
-                input_ids=input_ids[:, start:].expand(len(rows), -1),
-                cache=cache,
-                use_cache=cache is not None,
-                logits_to_keep=1,
+                input_ids=input_ids[:, start:].expand(len(rows), -1), cache=cache, use_cache=True, logits_to_keep=1
             ).logits[:, -1]
         out.append(torch.log_softmax(logits.double(), -1)[:, token].cpu())
     return torch.cat(out)

@@ -7,13 +7,15 @@ top r) between the top-r left singular vectors of the intact and the ablated mat
 
 The fast path rests on one fact: ablating a head in layer l leaves layers 0..l-1 untouched. So one intact
 forward pass records the hidden state (and the keyword arguments) entering every decoder layer; an
-ablation is then replayed from its earliest layer only, with many ablations batched as rows.
+ablation is then replayed from its earliest layer only, with many ablations batched as rows. Any other
+change to heads that leaves the earlier layers alone replays the same way (activation patching does).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import scipy.linalg
@@ -23,6 +25,13 @@ from .ablation import DEFAULT_EPS, Head, Mode, ablate, hooked
 from .models import LoadedModel, Template, encode
 
 Progress = Callable[[int, int], None]  # (done, total)
+# What a replay changes: given one head set per batch row, a context in which forward passes apply them.
+Intervention = Callable[[Sequence[Sequence[Head]]], AbstractContextManager]
+
+
+def ablating(lm: LoadedModel, mode: Mode, eps: float) -> Intervention:
+    """The paper's ablation as a replay's intervention: each row ablates its own heads."""
+    return lambda head_sets: ablate(lm, head_sets, mode, eps, per_row=True)
 
 
 def all_heads(lm: LoadedModel) -> list[Head]:
@@ -57,11 +66,13 @@ def record_base(lm: LoadedModel, input_ids: torch.Tensor) -> BaseRun:
 
 
 @torch.no_grad()
-def replay(lm: LoadedModel, base: BaseRun, head_sets: Sequence[Sequence[Head]], mode: Mode, eps: float) -> torch.Tensor:
-    """Final-normed last-position hidden states, (B, d), with row b ablating head_sets[b].
+def replay(
+    lm: LoadedModel, base: BaseRun, head_sets: Sequence[Sequence[Head]], intervene: Intervention
+) -> torch.Tensor:
+    """Final-normed last-position hidden states, (B, d), with row b's heads head_sets[b] changed by `intervene`.
 
-    Rows join the batch at the first layer they ablate (before that they equal the intact run), so
-    every row runs exactly the layers its ablation can change, and all rows share each layer's matmuls.
+    Rows join the batch at the first layer they change (before that they equal the intact run), so
+    every row runs exactly the layers its change can reach, and all rows share each layer's matmuls.
     """
     starts = [min((layer for layer, _ in heads), default=lm.n_layers) for heads in head_sets]
     order = sorted(range(len(head_sets)), key=starts.__getitem__)
@@ -74,7 +85,7 @@ def replay(lm: LoadedModel, base: BaseRun, head_sets: Sequence[Sequence[Head]], 
             active += joining
             entering = base.layer_inputs[layer].expand(len(joining), -1, -1)  # (b, T, d)
             hidden = torch.cat([hidden, entering])
-        with ablate(lm, [head_sets[i] for i in active], mode, eps, per_row=True):
+        with intervene([head_sets[i] for i in active]):
             hidden = lm.layers[layer](hidden, **base.layer_kwargs[layer])
         if isinstance(hidden, tuple):
             hidden = hidden[0]
@@ -87,8 +98,7 @@ def sweep(
     lm: LoadedModel,
     base: BaseRun,
     head_sets: Sequence[Sequence[Head]],
-    mode: Mode,
-    eps: float,
+    intervene: Intervention,
     batch_size: int = 64,
     progress: Progress | None = None,
 ) -> torch.Tensor:
@@ -97,7 +107,7 @@ def sweep(
     out = torch.empty(len(head_sets), base.last_hidden.shape[0])
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        out[rows] = replay(lm, base, [head_sets[i] for i in rows], mode, eps).cpu()
+        out[rows] = replay(lm, base, [head_sets[i] for i in rows], intervene).cpu()
         if progress:
             progress(min(start + batch_size, len(order)), len(order))
     return out
@@ -135,7 +145,7 @@ def ships(
     """Ships for every head of one prompt: an (n_layers, n_heads) matrix of KL divergences (fast path)."""
     base = record_base(lm, _prompt_ids(lm, prompt, template))
     heads = all_heads(lm)
-    hidden = sweep(lm, base, [[h] for h in heads], mode, eps, batch_size, progress)
+    hidden = sweep(lm, base, [[h] for h in heads], ablating(lm, mode, eps), batch_size, progress)
     kl = torch.cat([kl_from_logits(base.logits, unembed(lm, chunk)).cpu() for chunk in hidden.split(batch_size)])
     return kl.float().view(lm.n_layers, lm.n_heads)
 
@@ -224,7 +234,7 @@ def sweep_prompts(
     """
     ablated = torch.empty(len(head_sets), len(acts.bases), acts.bases[0].last_hidden.shape[0])  # (S, N, d)
     for n, base in enumerate(acts.bases):
-        ablated[:, n] = sweep(lm, base, head_sets, mode, eps, batch_size)
+        ablated[:, n] = sweep(lm, base, head_sets, ablating(lm, mode, eps), batch_size)
         if progress:
             progress(n + 1, len(acts.bases))
     return ablated

@@ -12,6 +12,7 @@ from safety_heads.patching import (
     attribution_patching_scores,
     closing_length,
     harmless_means,
+    patched,
     patched_logprobs,
     patching_group,
     patching_scores,
@@ -52,21 +53,21 @@ def test_patching_from_the_intact_cache_equals_patching_a_full_run(tiny_model):
     assert (cached[:2] - cached[2]).abs().min() > 1e-6  # the patches do change the answer
 
 
-def test_patching_every_position_runs_from_the_first_patched_layer(tiny_model):
-    """A row alone in its batch skips the layers before its first patched one (the intact run's stream enters
-    there) and gives what it gives in a batch that runs every layer; the layers are put back after."""
+def test_patching_every_position_replays_each_row_from_its_first_patched_layer(tiny_model):
+    """The replay gives what full forward passes under the same patches give, and runs layer 0 only for the
+    intact record and the row that patches it."""
     lm = tiny_model
     means = harmless_means(lm, HARMLESS, "all", closing_length(lm))
     input_ids = encode(lm, [HARMFUL[0]])["input_ids"]
-    head_sets = [[(0, 1)], [(2, 3)], [(1, 0), (2, 1)]]
-    together = patched_logprobs(lm, input_ids, 5, head_sets, means, 0, batch_size=3)
-    layers = list(lm.layers)
+    head_sets = [[(0, 1)], [(2, 3)], [(1, 0), (2, 1)], []]
+    with patched(lm, head_sets, means), torch.no_grad():
+        logits = lm.model(input_ids=input_ids.expand(len(head_sets), -1), use_cache=False).logits[:, -1]
+    full = torch.log_softmax(logits.double(), -1)[:, 5]
     calls: list[int] = []
-    with hooked(lm, [(lm.layers[0], "forward", lambda module, args, output: calls.append(1))]):
-        alone = patched_logprobs(lm, input_ids, 5, head_sets, means, 0, batch_size=1)
-    torch.testing.assert_close(alone, together, atol=1e-6, rtol=1e-6)
-    assert len(calls) == 2  # the intact run and the row patched at layer 0; never the rows from layers 2 and 1
-    assert list(lm.layers) == layers
+    with hooked(lm, [(lm.layers[0], "forward", lambda module, args, output: calls.append(len(args[0])))]):
+        replayed = patched_logprobs(lm, input_ids, 5, head_sets, means, 0, batch_size=2)
+    torch.testing.assert_close(replayed, full, atol=1e-5, rtol=1e-5)
+    assert calls == [1, 1]  # the intact record, then the one row patched at layer 0
 
 
 @pytest.mark.parametrize("positions", ["last", "all"])
