@@ -31,9 +31,8 @@ from scipy.stats import mannwhitneyu, spearmanr
 
 from safety_heads.ablation import ablate
 from safety_heads.behaviour import refused_rows
-from safety_heads.coherence import with_surprise
 from safety_heads.datasets import load_prompts
-from safety_heads.judge import RefusalJudge
+from safety_heads.evaluation import StoredGrid
 from safety_heads.models import LoadedModel, decode, default_model, encode, load_model
 from safety_heads.precomputed import model_slug, precomputed_root
 from safety_heads.refusal_direction import find_direction, last_token_residuals
@@ -75,13 +74,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/refusal_measures.json"))
     args = parser.parse_args()
     folder = precomputed_root() / model_slug(args.model)
-    summary = json.loads((folder / "summary.json").read_text())
+    grid = StoredGrid(folder)
+    summary = grid.summary
     lm = load_model(args.model, runtime=summary["settings"]["runtime"])  # the grid's own runtime
-    n, eps, limit = summary["settings"]["n"], summary["settings"]["eps"], summary["coherence"]["limit"]
-    answers = {}
-    for line in (folder / "answers.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        answers[(row["set"], row["mode"], tuple(sorted(tuple(h) for h in row["heads"])))] = row
+    n, eps = summary["settings"]["n"], summary["settings"]["eps"]
     refused = {name: [i for i in refused_rows(lm.model_id, name) if i < n] for name in SETS}
     prompts = {name: [load_prompts(name, n=n)[i] for i in refused[name]] for name in SETS}
     intact = {name: last_token_state(lm, prompts[name]) for name in SETS}
@@ -93,18 +89,13 @@ def main() -> None:
     for name in SETS:
         harmful = last_token_residuals(lm, [load_prompts(name)[i] for i in refused_rows(lm.model_id, name)[:32]])
         directions[name] = find_direction(harmful, harmless)
-    judge = RefusalJudge()
     pairs: dict[str, list] = {m: [] for m in (*MEASURES, "flip")}
     cells = []
     start = time.perf_counter()
     rows = [r for r in summary["ablations"] if r["subset"] == "refused" and r["ranking"] != "none"]
     for row in [r for r in rows if r["k"] in args.ks and r["evaluated_on"] in SETS]:
         name, heads = row["evaluated_on"], [tuple(h) for h in row["heads"]]
-        answered = answers[(name, row["mode"], tuple(sorted(heads)))]
-        flips = []
-        for i in refused[name]:
-            verdict = with_surprise(judge(answered["answers"][i]), answered["surprise"][i], limit)
-            flips.append(verdict.harmful and verdict.degenerate is None)
+        flips = [v.harmful and v.degenerate is None for v in grid.verdicts(row)]  # on refused[name], in order
         with ablate(lm, heads, row["mode"], eps):
             logp, residual = last_token_state(lm, prompts[name])
         base_logp, base_residual = intact[name]

@@ -95,9 +95,12 @@ def cmd_asr(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from .evaluation import results_table
+    from .evaluation import StoredGrid, results_table
 
-    print(results_table(json.loads(args.summary.read_text())))
+    summary = json.loads(args.summary.read_text())
+    # The answers stored beside it, judged again, give each row's interval (grids that measured coherence).
+    stored = (args.summary.parent / "answers.jsonl").is_file() and "coherence" in summary
+    print(results_table(summary, StoredGrid(args.summary.parent) if stored else None))
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -6,15 +6,18 @@ random heads of the same count, and against the intact model.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from .ablation import Head, Mode
 from .answers import DecodingConfig, generate_many
-from .coherence import judge_answers
-from .judge import AsrResult, RefusalJudge, Verdict, attack_success
+from .coherence import judge_answers, with_surprise
+from .judge import AsrResult, RefusalJudge, Verdict, attack_success, attempts
 from .models import LoadedModel, Template
 from .rankings import CONTROLS, display_order
+from .significance import wilson
 
 
 @dataclass
@@ -145,8 +148,40 @@ class Evaluator:
         return rows
 
 
-def results_table(summary: dict) -> str:
-    """summary.json's ablations as a Markdown table; random draws of one k averaged into one row (mean)."""
+class StoredGrid:
+    """A grid as `precompute --evaluate` left it in a precomputed/<model>/ folder, judged again prompt by prompt
+    from the answers and surprise values stored beside summary.json: nothing is generated, and every row's
+    rates are reproduced exactly (a test checks it), so rows can be compared prompt by prompt."""
+
+    def __init__(self, folder: Path):
+        self.summary = json.loads((folder / "summary.json").read_text())
+        self.limit = self.summary["coherence"]["limit"]
+        lines = (folder / "answers.jsonl").read_text().splitlines()
+        self.answers = {answer_key(r["set"], r["mode"], r["heads"]): r for r in map(json.loads, lines)}
+        behaviour = folder / "behaviour.json"
+        recorded = json.loads(behaviour.read_text())["sets"] if behaviour.is_file() else {}
+        self.refused = {name: rec["refused_rows"] for name, rec in recorded.items()}
+        self.judge = RefusalJudge()
+
+    def answered(self, row: dict) -> dict:
+        """The stored answers (and surprise) a row was read from, all prompts of its set."""
+        return self.answers[answer_key(row["evaluated_on"], row["mode"], [tuple(h) for h in row["heads"]])]
+
+    def verdicts(self, row: dict) -> list[Verdict]:
+        """The verdict on each prompt the row was read on (its subset), in the set's order."""
+        stored = self.answered(row)
+        verdicts = [with_surprise(self.judge(a), x, self.limit) for a, x in zip(stored["answers"], stored["surprise"])]
+        if row.get("subset", "all") == "all":
+            return verdicts
+        return [verdicts[i] for i in self.refused[row["evaluated_on"]] if i < len(verdicts)]
+
+    def attempts(self, row: dict) -> list[bool]:
+        return [attempts(v) for v in self.verdicts(row)]
+
+
+def results_table(summary: dict, grid: StoredGrid | None = None) -> str:
+    """summary.json's ablations as a Markdown table; random draws of one k averaged into one row (mean). With the
+    stored grid, a last column gives the attempt rate's 95 % Wilson interval and its N (random draws pooled)."""
     metrics = ("asr", "coherent_asr", "attempt_rate", "degenerate", "xstest_safe_refusal", "xstest_safe_degenerate")
     groups: dict[tuple, list[dict]] = {}
     for row in summary["ablations"]:
@@ -154,8 +189,8 @@ def results_table(summary: dict) -> str:
         groups.setdefault(key, []).append(row)
     lines = [
         "| mode | heads from → evaluated on | subset | ranking | k | heads | ASR | coherent ASR | attempts | "
-        "degenerate | XSTest-safe refusal | XSTest-safe degenerate |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "degenerate | XSTest-safe refusal | XSTest-safe degenerate |" + (" attempts, 95 % CI (N) |" if grid else ""),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if grid else ""),
     ]
     rankings = display_order({key[3] for key in groups} - {"none", *CONTROLS})
     order = {name: i for i, name in enumerate(["none", *rankings, *CONTROLS])}
@@ -169,6 +204,8 @@ def results_table(summary: dict) -> str:
         else:
             heads = ", ".join(f"{layer}-{head}" for layer, head in rows[0]["heads"]) or "none"
         cells = [f"{means[m]:.2f}" if means[m] is not None else "–" for m in metrics]
+        if grid:
+            cells.append(_interval([a for row in rows for a in grid.attempts(row)]))
         where = evaluated_on if ranking == "none" else f"{heads_from} → {evaluated_on}"
         lines.append(
             f"| {mode if k else 'intact'} | {where} | {subset} | {ranking} | {k} | {heads} | "
@@ -176,3 +213,8 @@ def results_table(summary: dict) -> str:
             + " |"
         )
     return "\n".join(lines)
+
+
+def _interval(successes: list[bool]) -> str:
+    low, high = wilson(sum(successes), len(successes))
+    return f"{low:.2f}–{high:.2f} ({len(successes)})"

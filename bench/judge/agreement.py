@@ -31,7 +31,8 @@ from pathlib import Path
 
 from safety_heads.coherence import with_surprise
 from safety_heads.datasets import load_prompts, load_stratified
-from safety_heads.judge import RefusalJudge
+from safety_heads.evaluation import StoredGrid, answer_key
+from safety_heads.judge import RefusalJudge, attempts
 from safety_heads.llm_judge import LlmJudge
 from safety_heads.models import default_model, load_model
 from safety_heads.precomputed import model_slug, precomputed_root
@@ -57,20 +58,15 @@ def scores(truth: list[bool], said: list[bool]) -> dict:
 def grid_items(key: list[dict], model: str) -> tuple[list[dict], float]:
     """Each keyed item with its prompt, answer and surprise, from the prompt sets and the grid's answers; and
     the grid's surprise limit."""
-    folder = precomputed_root() / model_slug(model)
-    summary = json.loads((folder / "summary.json").read_text())
-    n = summary["settings"]["n"]
+    grid = StoredGrid(precomputed_root() / model_slug(model))
+    n = grid.summary["settings"]["n"]
     prompts = {name: load_prompts(name, n=n) for name in ("jailbreakbench", "maliciousinstruct")}
-    prompts["xstest_safe"] = load_stratified("xstest_safe", "type", summary["settings"]["xstest_per_type"])
-    answers = {}
-    for row in read_jsonl(folder / "answers.jsonl"):
-        answers[(row["set"], row["mode"], tuple(sorted(tuple(h) for h in row["heads"])))] = row
+    prompts["xstest_safe"] = load_stratified("xstest_safe", "type", grid.summary["settings"]["xstest_per_type"])
     items = []
     for item in key:
-        row = answers[(item["set"], item["mode"], tuple(tuple(h) for h in item["heads"]))]
-        i = item["row"]
+        row, i = grid.answers[answer_key(item["set"], item["mode"], item["heads"])], item["row"]
         items.append({"prompt": prompts[item["set"]][i], "answer": row["answers"][i], "surprise": row["surprise"][i]})
-    return items, summary["coherence"]["limit"]
+    return items, grid.limit
 
 
 def breakdown(key: list[dict], truth: list[bool], said: list[bool]) -> dict:
@@ -116,7 +112,7 @@ def main() -> None:
     judge = RefusalJudge()
     keyword = [with_surprise(judge(it["answer"]), it["surprise"], limit) for it in items]
     report["keyword"] = breakdown(key, truth, [v.harmful and v.degenerate is None for v in keyword])
-    opening = [not v.opening_refusal and v.degenerate is None and v.label != "short" for v in keyword]
+    opening = [attempts(v) for v in keyword]
     report["opening"] = breakdown(key, truth, opening)
     earlier = json.loads(args.out.read_text()) if args.out.is_file() else {}
     report["probes"] = earlier.get("probes", {})
