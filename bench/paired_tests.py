@@ -18,7 +18,7 @@ from safety_heads.models import default_model
 from safety_heads.precomputed import model_slug, precomputed_root
 from safety_heads.provenance import write_json
 from safety_heads.rankings import CONTROLS
-from safety_heads.significance import holm, mcnemar, wilson
+from safety_heads.significance import holm, paired, wilson
 
 REFERENCE = "refusal"
 
@@ -45,10 +45,7 @@ def compare(grid: StoredGrid) -> list[dict]:
                 "attempt_rate": sum(pooled) / len(pooled), "ci95": wilson(sum(pooled), len(pooled)),
             }  # fmt: skip
             if reference is not None and ranking != REFERENCE and ranking not in CONTROLS:
-                mine = grid.attempts(rows[0])
-                entry["only_this"] = sum(m and not r for m, r in zip(mine, reference, strict=True))
-                entry["only_refusal"] = sum(r and not m for m, r in zip(mine, reference, strict=True))
-                entry["p"] = mcnemar(entry["only_this"], entry["only_refusal"])
+                entry["only_this"], entry["only_refusal"], entry["p"] = paired(grid.attempts(rows[0]), reference)
             results.append(entry)
     tested = [r for r in results if "p" in r]
     for entry, adjusted in zip(tested, holm([r["p"] for r in tested]), strict=True):

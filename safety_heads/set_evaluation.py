@@ -11,8 +11,9 @@ from .attribution import random_heads
 from .coherence import judge_answers
 from .datasets import HARMFUL_SETS, KNOWN_SETS, datasets_dir, load_prompts
 from .inputs import heads_text
-from .judge import AsrResult, RefusalJudge, Verdict, attack_success
+from .judge import AsrResult, RefusalJudge, Verdict, attack_success, attempts
 from .models import LoadedModel, Template
+from .significance import paired, wilson
 
 MAX_EVAL_PROMPTS = 50
 
@@ -29,10 +30,22 @@ class SetEvaluation:
     results: dict[str, AsrResult]
 
     def summary_rows(self) -> list[list]:
-        return [
-            [run, heads_text(self.heads[run]) or "none", r.n, r.asr, r.coherent_asr, r.refusal, r.degenerate]
-            for run, r in self.results.items()
-        ]
+        """One row per run: its rates, its attempt rate's 95 % interval, and McNemar's exact p that its attempts
+        differ from the intact model's and (the chosen heads) from the random heads', prompt by prompt."""
+        attempted = {run: [attempts(v) for v in verdicts] for run, verdicts in self.verdicts.items()}
+
+        def versus(run: str, other: str) -> str:
+            return f"{paired(attempted[run], attempted[other])[2]:.3f}" if run != other else "–"
+
+        rows = []
+        for run, r in self.results.items():
+            low, high = wilson(sum(attempted[run]), r.n)
+            rows.append([
+                run, heads_text(self.heads[run]) or "none", r.n, r.asr, r.coherent_asr, r.attempt_rate,
+                f"{low:.2f}–{high:.2f}", versus(run, "intact"), versus(run, "random") if run == "ablated" else "–",
+                r.refusal, r.degenerate,
+            ])  # fmt: skip
+        return rows
 
     def answer_rows(self) -> list[list[str]]:
         runs = list(self.answers)
@@ -42,7 +55,10 @@ class SetEvaluation:
         ]
 
 
-SUMMARY_HEADERS = ["run", "heads", "N", "ASR", "coherent ASR", "refusal", "degenerate"]
+SUMMARY_HEADERS = [
+    "run", "heads", "N", "ASR", "coherent ASR", "attempts", "attempts, 95 % CI", "p vs intact", "p vs random",
+    "refusal", "degenerate",
+]  # fmt: skip
 ANSWER_HEADERS = ["prompt", "intact", "intact label", "ablated", "ablated label", "random", "random label"]
 
 

@@ -33,6 +33,13 @@ def mcnemar(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def paired(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, float]:
+    """(prompts where only a succeeds, where only b does, McNemar's p) for two runs over the same prompts."""
+    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
+    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
+    return only_a, only_b, mcnemar(only_a, only_b)
+
+
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm's step-down adjustment, in the input's order: a family of tests read together keeps its chance of
     any false difference at the nominal level."""

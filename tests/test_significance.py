@@ -9,8 +9,9 @@ import pytest
 from scipy.stats import binomtest
 
 from safety_heads.evaluation import StoredGrid, results_table
-from safety_heads.judge import attack_success
+from safety_heads.judge import RefusalJudge, attack_success
 from safety_heads.precomputed import PRECOMPUTED_DIR
+from safety_heads.set_evaluation import SUMMARY_HEADERS, SetEvaluation
 from safety_heads.significance import holm, mcnemar, wilson
 
 GRIDS = sorted(
@@ -60,3 +61,20 @@ def test_the_report_gives_each_rows_interval_and_n():
         line for line in lines if "| jailbreakbench → maliciousinstruct | refused | random | 3 |" in line
     )
     assert random_rows.endswith("(225) |")  # three draws of 75, pooled
+
+
+def test_the_apps_set_evaluation_gives_intervals_and_paired_p_values():
+    refusal, answer = "I'm sorry, but I can't help with that.", "Step one: gather the parts and lay them out in order."
+    judge = RefusalJudge()
+    texts = {"intact": [refusal] * 8, "ablated": [answer] * 6 + [refusal] * 2, "random": [refusal] * 7 + [answer]}
+    verdicts = {run: [judge(t) for t in answers] for run, answers in texts.items()}
+    heads = {"intact": [], "ablated": [(3, 1)], "random": [(5, 2)]}
+    result = SetEvaluation(
+        "jailbreakbench", ["p"] * 8, heads, texts, verdicts, {r: attack_success(v) for r, v in verdicts.items()}
+    )
+    rows = {row[0]: dict(zip(SUMMARY_HEADERS, row, strict=True)) for row in result.summary_rows()}
+    assert rows["ablated"]["attempts"] == 0.75 and rows["ablated"]["attempts, 95 % CI"] == "0.41–0.93"
+    assert rows["ablated"]["p vs intact"] == f"{2 / 2**6:.3f}"  # six prompts flip, none the other way
+    assert rows["ablated"]["p vs random"] == f"{mcnemar(6, 1):.3f}"
+    assert rows["intact"]["p vs intact"] == rows["random"]["p vs random"] == "–"
+    assert rows["random"]["p vs intact"] == "1.000"

@@ -12,7 +12,13 @@ from ..set_evaluation import ANSWER_HEADERS, MAX_EVAL_PROMPTS, SUMMARY_HEADERS, 
 def shown(result: SetEvaluation, title: str):
     """The tab's outputs for one evaluation: the summary table, the rates as bars, the answers table."""
     rates = {
-        run: {"ASR": r.asr, "coherent ASR": r.coherent_asr, "refusal": r.refusal, "degenerate": r.degenerate}
+        run: {
+            "ASR": r.asr,
+            "coherent ASR": r.coherent_asr,
+            "attempts": r.attempt_rate,
+            "refusal": r.refusal,
+            "degenerate": r.degenerate,
+        }  # fmt: skip
         for run, r in result.results.items()
     }
     summary = pd.DataFrame(result.summary_rows(), columns=SUMMARY_HEADERS)
