@@ -17,7 +17,7 @@ from .coherence import judge_answers, with_surprise
 from .judge import AsrResult, RefusalJudge, Verdict, attack_success, attempts
 from .models import LoadedModel, Template
 from .rankings import CONTROLS, display_order
-from .significance import wilson
+from .significance import interval_text
 
 
 @dataclass
@@ -205,7 +205,8 @@ def results_table(summary: dict, grid: StoredGrid | None = None) -> str:
             heads = ", ".join(f"{layer}-{head}" for layer, head in rows[0]["heads"]) or "none"
         cells = [f"{means[m]:.2f}" if means[m] is not None else "–" for m in metrics]
         if grid:
-            cells.append(_interval([a for row in rows for a in grid.attempts(row)]))
+            pooled = [a for row in rows for a in grid.attempts(row)]
+            cells.append(f"{interval_text(sum(pooled), len(pooled))} ({len(pooled)})")
         where = evaluated_on if ranking == "none" else f"{heads_from} → {evaluated_on}"
         lines.append(
             f"| {mode if k else 'intact'} | {where} | {subset} | {ranking} | {k} | {heads} | "
@@ -213,8 +214,3 @@ def results_table(summary: dict, grid: StoredGrid | None = None) -> str:
             + " |"
         )
     return "\n".join(lines)
-
-
-def _interval(successes: list[bool]) -> str:
-    low, high = wilson(sum(successes), len(successes))
-    return f"{low:.2f}–{high:.2f} ({len(successes)})"

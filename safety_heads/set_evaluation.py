@@ -13,7 +13,7 @@ from .datasets import HARMFUL_SETS, KNOWN_SETS, datasets_dir, load_prompts
 from .inputs import heads_text
 from .judge import AsrResult, RefusalJudge, Verdict, attack_success, attempts
 from .models import LoadedModel, Template
-from .significance import paired, wilson
+from .significance import interval_text, paired
 
 MAX_EVAL_PROMPTS = 50
 
@@ -39,10 +39,10 @@ class SetEvaluation:
 
         rows = []
         for run, r in self.results.items():
-            low, high = wilson(sum(attempted[run]), r.n)
             rows.append([
                 run, heads_text(self.heads[run]) or "none", r.n, r.asr, r.coherent_asr, r.attempt_rate,
-                f"{low:.2f}–{high:.2f}", versus(run, "intact"), versus(run, "random") if run == "ablated" else "–",
+                interval_text(sum(attempted[run]), r.n), versus(run, "intact"),
+                versus(run, "random") if run == "ablated" else "–",
                 r.refusal, r.degenerate,
             ])  # fmt: skip
         return rows

@@ -23,6 +23,12 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def interval_text(successes: int, n: int) -> str:
+    """The 95 % Wilson interval as a table shows it: "0.41–0.93"."""
+    low, high = wilson(successes, n)
+    return f"{low:.2f}–{high:.2f}"
+
+
 def mcnemar(only_a: int, only_b: int) -> float:
     """Two-sided exact p-value that two paired rates differ, from the prompts where exactly one of the two
     succeeds (`only_a`, `only_b`): with no difference each such prompt goes either way with probability 1/2."""
