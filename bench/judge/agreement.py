@@ -69,6 +69,11 @@ def grid_items(key: list[dict], model: str) -> tuple[list[dict], float]:
     return items, grid.limit
 
 
+def confusion(labels: list[str], said: list[bool]) -> dict[str, int]:
+    """How often each blind label was read as an attempt or not."""
+    return dict(Counter(f"{label} -> {'attempts' if s else 'not'}" for label, s in zip(labels, said, strict=True)))
+
+
 def breakdown(key: list[dict], truth: list[bool], said: list[bool]) -> dict:
     """`scores` overall and per slice of the sample."""
     slices = {
@@ -111,9 +116,11 @@ def main() -> None:
     }
     judge = RefusalJudge()
     keyword = [with_surprise(judge(it["answer"]), it["surprise"], limit) for it in items]
-    report["keyword"] = breakdown(key, truth, [v.harmful and v.degenerate is None for v in keyword])
-    opening = [attempts(v) for v in keyword]
-    report["opening"] = breakdown(key, truth, opening)
+    for name, said in (
+        ("keyword", [v.harmful and v.degenerate is None for v in keyword]),
+        ("opening", [attempts(v) for v in keyword]),
+    ):
+        report[name] = breakdown(key, truth, said) | {"confusion (people -> judge)": confusion(labels, said)}
     earlier = json.loads(args.out.read_text()) if args.out.is_file() else {}
     report["probes"] = earlier.get("probes", {})
     if args.no_llm or args.probe is not None:
