@@ -116,11 +116,11 @@ def main() -> None:
     }
     judge = RefusalJudge()
     keyword = [with_surprise(judge(it["answer"]), it["surprise"], limit) for it in items]
-    for name, said in (
+    for name, reads in (
         ("keyword", [v.harmful and v.degenerate is None for v in keyword]),
         ("opening", [attempts(v) for v in keyword]),
     ):
-        report[name] = breakdown(key, truth, said) | {"confusion (people -> judge)": confusion(labels, said)}
+        report[name] = breakdown(key, truth, reads) | {"confusion (people -> judge)": confusion(labels, reads)}
     earlier = json.loads(args.out.read_text()) if args.out.is_file() else {}
     report["probes"] = earlier.get("probes", {})
     if args.no_llm or args.probe is not None:
